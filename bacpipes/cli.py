@@ -1,0 +1,168 @@
+"""The `bacpipes` command. Subcommands import their modules lazily so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from bacpipes.settings import load_settings
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    from bacpipes.db import ensure_database, migrate
+
+    settings = load_settings(args.config)
+    if ensure_database(settings.database.dsn):
+        print("created database")
+    applied = migrate(settings.database.dsn)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from sim.server import run
+
+    run(
+        devices=args.devices,
+        points=args.points,
+        address_base=args.address_base,
+        seed=args.seed,
+        speed=args.speed,
+        port=args.port,
+    )
+    return 0
+
+
+def _edge_discover(args: argparse.Namespace) -> int:
+    from edge.bacnet import BacnetClient, make_application
+    from edge.discovery import discover
+
+    settings = load_settings(args.config)
+
+    async def main() -> int:
+        client = BacnetClient(make_application(settings.bacnet, settings.discovery.bbmd))
+        try:
+            report = await discover(client, settings)
+        finally:
+            client.close()
+        for dev in report.devices:
+            print(
+                f"device {dev.peer.device_id:>8} {dev.peer.address:<22} {dev.name:<20} "
+                f"{len(dev.points):>5} points  max_apdu={dev.peer.max_apdu} {dev.peer.segmentation}"
+            )
+        for device_id, error in report.errors.items():
+            print(f"device {device_id:>8} ERROR {error}", file=sys.stderr)
+        print(
+            f"{len(report.devices)} devices, {report.point_count} points "
+            f"({report.new_points} new, {report.missing_points} newly missing)"
+        )
+        return 0 if report.devices else 1
+
+    return asyncio.run(main())
+
+
+def _edge_run(args: argparse.Namespace) -> int:
+    from edge.agent import run_agent
+
+    run_agent(load_settings(args.config), discover_first=args.discover)
+    return 0
+
+
+def _points_list(args: argparse.Namespace) -> int:
+    from edge.points import list_points
+
+    for row in list_points(load_settings(args.config), device=args.device, match=args.match):
+        print("\t".join("" if v is None else str(v) for v in row))
+    return 0
+
+
+def _points_set(args: argparse.Namespace) -> int:
+    from edge.points import update_points
+
+    count = update_points(
+        load_settings(args.config),
+        device=args.device,
+        match=args.match,
+        object_type=args.type,
+        publish=args.publish,
+        interval_s=args.interval,
+        qos=args.qos,
+        tags=args.tag or [],
+    )
+    print(f"updated {count} point(s)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bacpipes.demo import run_demo
+
+    return run_demo(devices=args.devices, seconds=args.seconds, interval_s=args.interval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bacpipes", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML settings file (default: $BACPIPES_CONFIG or embedded)")
+        return p
+
+    demo = sub.add_parser("demo", help="virtual building + edge agent on embedded defaults")
+    demo.add_argument("--devices", type=int, default=3)
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    demo.add_argument("--interval", type=float, default=5.0, help="polling interval for the demo")
+    demo.set_defaults(func=_demo)
+
+    db = sub.add_parser("db").add_subparsers(dest="db_command", required=True)
+    with_config(db.add_parser("migrate", help="apply pending SQL migrations")).set_defaults(func=_db_migrate)
+
+    sim = sub.add_parser("sim", help="serve the virtual building over BACnet/IP")
+    sim.add_argument("--devices", type=int, default=3)
+    sim.add_argument("--points", type=int, default=0, help="pad each device to this many objects")
+    sim.add_argument("--address-base", default="127.0.0.10")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--speed", type=float, default=1.0, help="building seconds per wall second")
+    sim.add_argument("--port", type=int, default=47808)
+    sim.set_defaults(func=_sim)
+
+    edge = sub.add_parser("edge").add_subparsers(dest="edge_command", required=True)
+    with_config(edge.add_parser("discover", help="find devices and points")).set_defaults(func=_edge_discover)
+    run = with_config(edge.add_parser("run", help="poll and publish until stopped"))
+    run.add_argument("--discover", action="store_true", help="rediscover before polling")
+    run.set_defaults(func=_edge_run)
+
+    points = edge.add_parser("points").add_subparsers(dest="points_command", required=True)
+    plist = with_config(points.add_parser("list"))
+    pset = with_config(points.add_parser("set", help="bulk edit: publish, interval, qos, tags"))
+    for p in (plist, pset):
+        p.add_argument("--device", type=int)
+        p.add_argument("--match", help="glob on object name, e.g. 'AHU1-*'")
+    plist.set_defaults(func=_points_list)
+    pset.add_argument("--type", help="BACnet object type, e.g. analog-input")
+    pset.add_argument("--publish", choices=["on", "off"])
+    pset.add_argument("--interval", type=float)
+    pset.add_argument("--qos", type=int, choices=[0, 1, 2])
+    pset.add_argument("--tag", action="append", help="key=value (empty value removes the tag)")
+    pset.set_defaults(func=_points_set)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args) or 0
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"bacpipes: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Wire contracts shared by the edge publisher, the ingester and central: topics and payloads."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+Quality = Literal["good", "uncertain", "bad"]
+
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def topic_segment(text: str) -> str:
+    """MQTT wildcards and separators must never leak into a topic level."""
+    return _TOPIC_UNSAFE.sub("_", text.strip()).strip("_") or "_"
+
+
+def object_type_token(object_type: str) -> str:
+    """'analog-input' -> 'analogInput' (the BACnet identifier spelling used in topics)."""
+    head, *rest = object_type.split("-")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def reading_topic(site_id: str, equip: str, object_type: str, instance: int) -> str:
+    return (
+        f"{topic_segment(site_id)}/{topic_segment(equip)}/"
+        f"{object_type_token(object_type)}{instance}/presentValue"
+    )
+
+
+def reading_filter(site_id: str) -> str:
+    """Subscription filter matching every reading of a site (and nothing of the agent's own)."""
+    return f"{topic_segment(site_id)}/+/+/presentValue"
+
+
+def status_topic(site_id: str) -> str:
+    return f"{topic_segment(site_id)}/_bacpipes/status"
+
+
+def health_topic(site_id: str) -> str:
+    return f"{topic_segment(site_id)}/_bacpipes/health"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One polled value, as published on the point's topic."""
+
+    point_id: int
+    value: float | int | str | None
+    timestamp: datetime  # aware, in the site's zone: consumers see local time with its offset
+    units: str | None
+    quality: Quality
+    dis: str | None
+    haystack_name: str | None
+
+    def payload(self) -> bytes:
+        value = self.value
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None  # JSON has no NaN; quality already says it is bad
+        return json.dumps(
+            {
+                "value": value,
+                "timestamp": self.timestamp.isoformat(timespec="milliseconds"),
+                "units": self.units,
+                "quality": self.quality,
+                "dis": self.dis,
+                "haystackName": self.haystack_name,
+                "pointId": self.point_id,
+            },
+            separators=(",", ":"),
+        ).encode()

@@ -1,0 +1,130 @@
+"""Settings: a TOML file, overridden by environment variables (BACPIPES_SECTION__KEY).
+
+Secrets (MQTT password, database password) belong in the environment, never in the TOML file in git.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class SiteSettings(BaseModel):
+    id: str = "macau-casino"
+    timezone: str = "Asia/Macau"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises on an unknown zone, at load time rather than at first publish
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class DatabaseSettings(BaseModel):
+    dsn: str = "postgresql://postgres@127.0.0.1:5432/bacpipes"
+
+
+class MqttSettings(BaseModel):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "bacpipes-edge"
+    qos: int = Field(1, ge=0, le=2)
+    ca_file: str | None = None
+    keepalive_s: int = 30
+    max_inflight: int = 100
+    health_interval_s: float = 60.0
+
+
+class BacnetSettings(BaseModel):
+    address: str = "127.0.0.100/8:47900"
+    device_id: int = 3001234
+    apdu_timeout_ms: int = 1500
+    apdu_retries: int = 1
+
+
+class DiscoverySettings(BaseModel):
+    targets: list[str] = ["127.0.0.10-127.0.0.19"]
+    bbmd: str | None = None
+    timeout_s: float = 2.0
+    low: int = 0
+    high: int = 4194303
+
+
+class PollingSettings(BaseModel):
+    default_interval_s: float = 30
+    max_backoff_s: float = 300
+
+
+class SpoolSettings(BaseModel):
+    path: str = "var/spool.sqlite"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BACPIPES_", env_nested_delimiter="__", extra="ignore")
+
+    site: SiteSettings = SiteSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    mqtt: MqttSettings = MqttSettings()
+    bacnet: BacnetSettings = BacnetSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
+    polling: PollingSettings = PollingSettings()
+    spool: SpoolSettings = SpoolSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_path())
+        return (init_settings, env_settings, toml)
+
+
+_config_override: Path | None = None
+
+
+def default_config_file() -> Path:
+    """The embedded defaults (also packaged into the wheel)."""
+    repo_copy = Path(__file__).resolve().parent.parent / "config" / "bacpipes.toml"
+    if repo_copy.exists():
+        return repo_copy
+    return Path(str(resources.files("bacpipes") / "_config" / "bacpipes.toml"))
+
+
+def _config_path() -> Path:
+    if _config_override is not None:
+        return _config_override
+    env = os.environ.get("BACPIPES_CONFIG")
+    return Path(env) if env else default_config_file()
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from `config` (or $BACPIPES_CONFIG, or the embedded defaults) plus env."""
+    global _config_override
+    path = Path(config) if config else None
+    if path is not None and not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    _config_override = path
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_override = None

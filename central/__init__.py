@@ -1,0 +1,1 @@
+"""Central: replication, retention, baseline, training, rollout (later issues)."""

@@ -1,0 +1,189 @@
+"""`bacpipes edge run`: poll every device, publish every reading, keep point_state current.
+
+Readings go to the publisher's durable spool first, so a broker outage or an agent crash loses
+nothing; point_state is best effort (latest values only) and is retried if the database is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from bacpipes.db import connect
+from bacpipes.settings import Settings
+from edge.bacnet import BacnetClient, make_application
+from edge.catalog import PollPoint, load_poll_plan
+from edge.discovery import discover
+from edge.polling import DevicePoller, PointOutcome
+from edge.publisher import Publisher
+from edge.spool import SpoolMessage
+
+log = logging.getLogger(__name__)
+
+_STATE_FLUSH_S = 5.0
+
+_UPSERT_STATE = """
+INSERT INTO point_state AS s (site_id, point_id, value, quality, time, last_poll, error_count,
+                              last_error, last_error_at)
+VALUES (%(site)s, %(pid)s, %(value)s, %(quality)s, %(time)s, %(polled)s, %(errors)s, %(error)s,
+        CASE WHEN %(error)s::text IS NULL THEN NULL ELSE %(polled)s END)
+ON CONFLICT (site_id, point_id) DO UPDATE SET
+    value = coalesce(EXCLUDED.value, s.value), quality = coalesce(EXCLUDED.quality, s.quality),
+    time = coalesce(EXCLUDED.time, s.time), last_poll = EXCLUDED.last_poll,
+    error_count = s.error_count + EXCLUDED.error_count,
+    last_error = coalesce(EXCLUDED.last_error, s.last_error),
+    last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at)
+"""
+
+
+class PointStateWriter:
+    """Collects the latest outcome per point and upserts them in one batch, off the event loop."""
+
+    def __init__(self, dsn: str, site_id: str) -> None:
+        self.dsn = dsn
+        self.site_id = site_id
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    def add(self, outcomes: list[PointOutcome]) -> None:
+        with self._lock:
+            for o in outcomes:
+                row = self._pending.get(o.point_id)
+                errors = (row["errors"] if row else 0) + (1 if o.error else 0)
+                r = o.reading
+                self._pending[o.point_id] = {
+                    "site": self.site_id,
+                    "pid": o.point_id,
+                    "value": r.value if r and isinstance(r.value, (int, float)) else None,
+                    "quality": r.quality if r else "bad",
+                    "time": r.timestamp if r else None,
+                    "polled": o.polled_at,
+                    "errors": errors,
+                    "error": o.error,
+                }
+
+    def flush(self) -> int:
+        with self._lock:
+            rows, self._pending = list(self._pending.values()), {}
+        if not rows:
+            return 0
+        try:
+            with connect(self.dsn) as conn, conn.cursor() as cur:
+                cur.executemany(_UPSERT_STATE, rows)
+        except Exception as exc:  # the database being away must not stop polling
+            self.failures += 1
+            log.warning("point_state not written (%s); will retry", exc)
+            with self._lock:  # keep the newest of each point for the next attempt
+                for row in rows:
+                    self._pending.setdefault(row["pid"], row)
+            return 0
+        return len(rows)
+
+
+class EdgeAgent:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self.pollers: list[DevicePoller] = []
+        self.points: dict[int, PollPoint] = {}
+        self.publisher: Publisher | None = None
+        self.state = PointStateWriter(settings.database.dsn, settings.site.id)
+        self.readings_published = 0
+        self.started_at = time.time()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self, *, discover_first: bool = False) -> None:
+        s = self.settings
+        client = BacnetClient(make_application(s.bacnet, s.discovery.bbmd))
+        try:
+            if discover_first or not _has_devices(s):
+                report = await discover(client, s)
+                log.info("discovered %d devices, %d points", len(report.devices), report.point_count)
+            devices, points = load_poll_plan(s.database.dsn, s.site.id, s.polling.default_interval_s)
+            if not points:
+                raise RuntimeError("no points to poll: run `bacpipes edge discover` and check targets")
+            self.points = {p.point_id: p for p in points}
+            self.publisher = Publisher(s.mqtt, s.site.id, s.spool.path)
+            self.publisher.start()
+            by_device: dict[int, list] = {}
+            for p in points:
+                by_device.setdefault(p.device_id, []).append(p)
+            self.pollers = [
+                DevicePoller(
+                    client, d, by_device[d.device_id], self._on_outcomes, s.site.tz, s.polling.max_backoff_s
+                )
+                for d in devices
+                if d.device_id in by_device
+            ]
+            log.info("polling %d points on %d devices", len(points), len(self.pollers))
+            tasks = [asyncio.create_task(p.run(self.stop_event)) for p in self.pollers]
+            tasks.append(asyncio.create_task(self._housekeeping()))
+            await asyncio.gather(*tasks)
+        finally:
+            await asyncio.to_thread(self.state.flush)
+            if self.publisher:
+                await asyncio.to_thread(self.publisher.stop, 10.0)
+            client.close()
+
+    def _on_outcomes(self, outcomes: list[PointOutcome]) -> None:
+        messages = []
+        for o in outcomes:
+            if o.reading is None:
+                continue
+            point = self.points[o.point_id]
+            messages.append(SpoolMessage(point.topic, o.reading.payload(), point.qos, True))
+        if messages and self.publisher:
+            self.publisher.submit(messages)
+            self.readings_published += len(messages)
+        self.state.add(outcomes)
+
+    async def _housekeeping(self) -> None:
+        last_health = 0.0
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=_STATE_FLUSH_S)
+            await asyncio.to_thread(self.state.flush)
+            if self.publisher and time.time() - last_health >= self.settings.mqtt.health_interval_s:
+                self.publisher.publish_health(self.health())
+                last_health = time.time()
+
+    def health(self) -> dict[str, Any]:
+        stats = [p.stats for p in self.pollers]
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "devices": len(self.pollers),
+            "devices_backing_off": sum(1 for p in self.pollers if p.failures),
+            "points": sum(len(p.points) for p in self.pollers),
+            "readings": self.readings_published,
+            "reads_failed": sum(s.reads_failed for s in stats),
+            "requests": sum(s.requests for s in stats),
+            "state_write_failures": self.state.failures,
+            "publisher": self.publisher.stats() if self.publisher else {},
+        }
+
+
+def _has_devices(settings: Settings) -> bool:
+    with connect(settings.database.dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM device WHERE site_id = %s", (settings.site.id,)).fetchone()
+    return bool(row and row[0])
+
+
+def run_agent(settings: Settings, *, discover_first: bool = False) -> None:
+    """Run until SIGTERM/SIGINT; the current poll cycle finishes, then the spool is flushed."""
+
+    async def main() -> None:
+        agent = EdgeAgent(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.request_stop)
+        await agent.run(discover_first=discover_first)
+
+    asyncio.run(main())

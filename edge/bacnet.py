@@ -1,0 +1,188 @@
+"""The agent's BACnet/IP client: one bacpypes3 Application plus reads that survive real devices.
+
+bacpypes3 errors (ErrorPDU, RejectPDU, AbortPDU) derive from BaseException, so every request here
+converts them into `BacnetError`, an ordinary Exception that callers can handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bacpypes3.apdu import ErrorRejectAbortNack
+from bacpypes3.app import Application
+from bacpypes3.basetypes import ErrorType, HostNPort, IPMode
+from bacpypes3.local.device import DeviceObject
+from bacpypes3.local.networkport import NetworkPortObject
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import ObjectIdentifier
+
+from bacpipes.settings import BacnetSettings
+
+# conservative encoded sizes, in bytes, of one object's RPM request and response for pv + status-flags
+_RPM_HEADER = 16
+_RPM_RESPONSE_PER_OBJECT = 32
+_MAX_SEGMENTS = 4
+
+
+class BacnetError(Exception):
+    """A device answered with an error/reject/abort, or did not answer at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What an I-Am tells us about a device: where it is and how big a request it takes."""
+
+    device_id: int
+    address: str
+    max_apdu: int
+    segmentation: str
+    vendor_id: int
+
+    @property
+    def segmented_response(self) -> bool:
+        return self.segmentation in ("segmented-both", "segmented-transmit")
+
+
+def rpm_batch_size(peer: PeerInfo, bytes_per_object: int = _RPM_RESPONSE_PER_OBJECT) -> int:
+    """Objects per ReadPropertyMultiple so the answer fits the device's APDU (or a few segments)."""
+    budget = peer.max_apdu - _RPM_HEADER
+    if peer.segmented_response:
+        budget *= _MAX_SEGMENTS
+    return max(1, budget // bytes_per_object)
+
+
+def make_application(settings: BacnetSettings, bbmd: str | None = None) -> Application:
+    """Bind the agent's own BACnet device; as a foreign device when a BBMD is given."""
+    device = DeviceObject(
+        objectIdentifier=("device", settings.device_id),
+        objectName=f"bacpipes-{settings.device_id}",
+        vendorIdentifier=999,
+        maxApduLengthAccepted=1476,
+        segmentationSupported="segmented-both",
+        apduTimeout=settings.apdu_timeout_ms,
+        numberOfApduRetries=settings.apdu_retries,
+    )
+    if bbmd:
+        port = NetworkPortObject(
+            settings.address,
+            objectIdentifier=("network-port", 1),
+            objectName="NetworkPort-1",
+            bacnetIPMode=IPMode.foreign,
+            fdBBMDAddress=HostNPort(bbmd),
+            fdSubscriptionLifetime=300,
+        )
+    else:
+        port = NetworkPortObject(
+            settings.address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
+        )
+    return Application.from_object_list([device, port])
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+class BacnetClient:
+    """Requests with BACnet errors turned into `BacnetError`."""
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+
+    def close(self) -> None:
+        self.app.close()
+
+    async def who_is(self, address: str | None, low: int, high: int, timeout: float) -> list[PeerInfo]:
+        destination = Address(address) if address else None
+        i_ams = await self.app.who_is(low, high, destination, timeout=timeout)
+        return [
+            PeerInfo(
+                device_id=i_am.iAmDeviceIdentifier[1],
+                address=str(i_am.pduSource),
+                max_apdu=int(i_am.maxAPDULengthAccepted),
+                segmentation=str(i_am.segmentationSupported),
+                vendor_id=int(i_am.vendorID),
+            )
+            for i_am in i_ams
+        ]
+
+    async def read(self, address: str, objid: str | ObjectIdentifier, prop: str, index=None) -> Any:
+        try:
+            return await self.app.read_property(Address(address), objid, prop, index)
+        except ErrorRejectAbortNack as exc:
+            raise BacnetError(describe_error(exc)) from None
+
+    async def read_multiple(
+        self, address: str, specs: Sequence[tuple[ObjectIdentifier, Sequence[str]]]
+    ) -> dict[tuple[ObjectIdentifier, str], Any]:
+        """One RPM; a property the object lacks comes back as a `BacnetError` value, not a raise."""
+        parameter_list: list[Any] = []
+        for objid, props in specs:
+            parameter_list.extend((objid, list(props)))
+        try:
+            results = await self.app.read_property_multiple(Address(address), parameter_list)
+        except ErrorRejectAbortNack as exc:
+            raise BacnetError(describe_error(exc)) from None
+        if isinstance(results, BaseException) or results is None:
+            raise BacnetError(describe_error(results) if results else "no answer")
+        out: dict[tuple[ObjectIdentifier, str], Any] = {}
+        for objid, prop, _index, value in results:
+            if isinstance(value, ErrorType):
+                value = BacnetError(f"{value.errorClass}: {value.errorCode}")
+            out[(objid, str(prop).replace("_", "-"))] = value
+        return out
+
+    async def write(
+        self, address: str, objid: str, prop: str, value: Any, priority: int | None = None
+    ) -> None:
+        try:
+            await self.app.write_property(Address(address), objid, prop, value, None, priority)
+        except ErrorRejectAbortNack as exc:
+            raise BacnetError(describe_error(exc)) from None
+
+
+def expand_targets(targets: Iterable[str]) -> list[str | None]:
+    """'127.0.0.10-127.0.0.19' -> each address; 'broadcast' -> None (a global broadcast)."""
+    out: list[str | None] = []
+    for target in targets:
+        target = target.strip()
+        if target.lower() == "broadcast":
+            out.append(None)
+        elif "-" in target:
+            first, last = (part.strip() for part in target.split("-", 1))
+            port = ""
+            if ":" in last:
+                last, port = last.split(":")
+                port = ":" + port
+            start, end = _ipv4_int(first), _ipv4_int(last)
+            if end < start or end - start > 4096:
+                raise ValueError(f"bad discovery range {target!r}")
+            out.extend(_int_ipv4(n) + port for n in range(start, end + 1))
+        else:
+            out.append(target)
+    return out
+
+
+def _ipv4_int(text: str) -> int:
+    parts = [int(p) for p in text.split(".")]
+    if len(parts) != 4 or not all(0 <= p <= 255 for p in parts):
+        raise ValueError(f"not an IPv4 address: {text!r}")
+    return (parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]
+
+
+def _int_ipv4(n: int) -> str:
+    return ".".join(str((n >> s) & 255) for s in (24, 16, 8, 0))
+
+
+async def gather_limited(coros: Iterable[Any], limit: int) -> list[Any]:
+    """Like asyncio.gather, with at most `limit` in flight (a site may have hundreds of targets)."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(coro: Any) -> Any:
+        async with semaphore:
+            return await coro
+
+    return await asyncio.gather(*(run(c) for c in coros))

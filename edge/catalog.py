@@ -1,0 +1,187 @@
+"""The site's point catalogue in PostgreSQL: what discovery found, what the operator chose to poll."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from bacpipes.db import connect
+from bacpipes.tagging import auto_tags, describe
+
+if TYPE_CHECKING:
+    from edge.bacnet import PeerInfo
+
+
+@dataclass
+class DiscoveredPoint:
+    object_type: str
+    object_instance: int
+    object_name: str | None
+    description: str | None
+    units: str | None
+    commandable: bool
+    writable: bool
+
+
+@dataclass
+class DiscoveredDevice:
+    peer: PeerInfo
+    name: str
+    vendor_name: str | None
+    model_name: str | None
+    points: list[DiscoveredPoint] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PollPoint:
+    """Everything the poller and publisher need for one point, loaded once at start."""
+
+    point_id: int
+    device_id: int
+    object_type: str
+    object_instance: int
+    units: str | None
+    dis: str | None
+    haystack_name: str | None
+    topic: str
+    interval_s: float
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class PollDevice:
+    device_id: int
+    address: str
+    max_apdu: int
+    segmentation: str
+
+
+_UPSERT_DEVICE = """
+INSERT INTO device (site_id, device_id, address, name, vendor_name, vendor_id, model_name,
+                    max_apdu, segmentation, last_seen, missing_since)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL)
+ON CONFLICT (site_id, device_id) DO UPDATE SET
+    address = EXCLUDED.address, name = EXCLUDED.name, vendor_name = EXCLUDED.vendor_name,
+    vendor_id = EXCLUDED.vendor_id, model_name = EXCLUDED.model_name, max_apdu = EXCLUDED.max_apdu,
+    segmentation = EXCLUDED.segmentation, last_seen = now(), missing_since = NULL
+"""
+
+# operator columns (publish, interval_s, qos, user_tags) are deliberately absent from the UPDATE
+_UPSERT_POINT = """
+INSERT INTO point AS p (site_id, device_id, object_type, object_instance, object_name, description,
+                        units, writable, commandable, auto_tags, last_seen, missing_since)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL)
+ON CONFLICT (site_id, device_id, object_type, object_instance) DO UPDATE SET
+    object_name = EXCLUDED.object_name, description = EXCLUDED.description, units = EXCLUDED.units,
+    writable = EXCLUDED.writable, commandable = EXCLUDED.commandable,
+    auto_tags = EXCLUDED.auto_tags, last_seen = now(), missing_since = NULL
+RETURNING (xmax = 0) AS inserted
+"""
+
+
+def record_discovery(dsn: str, site_id: str, devices: list[DiscoveredDevice]) -> tuple[int, int]:
+    """Upsert devices and points; mark points no longer reported missing. Returns (new, missing)."""
+    new = 0
+    with connect(dsn) as conn, conn.cursor() as cur:
+        for dev in devices:
+            peer = dev.peer
+            cur.execute(
+                _UPSERT_DEVICE,
+                (
+                    site_id,
+                    peer.device_id,
+                    peer.address,
+                    dev.name,
+                    dev.vendor_name,
+                    peer.vendor_id,
+                    dev.model_name,
+                    peer.max_apdu,
+                    peer.segmentation,
+                ),
+            )
+            rows = [
+                (
+                    site_id,
+                    peer.device_id,
+                    p.object_type,
+                    p.object_instance,
+                    p.object_name,
+                    p.description,
+                    p.units,
+                    p.writable,
+                    p.commandable,
+                    Jsonb(
+                        auto_tags(site_id, dev.name, peer.device_id, p.object_type, p.object_name, p.units)
+                    ),
+                )
+                for p in dev.points
+            ]
+            cur.executemany(_UPSERT_POINT, rows, returning=True)
+            while True:
+                new += bool(cur.fetchone()[0])
+                if not cur.nextset():
+                    break
+        seen = [d.peer.device_id for d in devices]
+        cur.execute(
+            "UPDATE point SET missing_since = now() WHERE site_id = %s AND device_id = ANY(%s)"
+            " AND missing_since IS NULL AND last_seen < now()",
+            (site_id, seen),
+        )
+        missing = cur.rowcount
+        refresh_names(cur, site_id)
+    return new, missing
+
+
+def refresh_names(cur: Any, site_id: str, point_ids: list[int] | None = None) -> None:
+    """Recompute haystack name, display name and topic from auto tags overlaid by user tags."""
+    cur.execute(
+        "SELECT p.point_id, p.device_id, d.name AS device_name, p.object_type, p.object_instance,"
+        " p.object_name, p.description, p.auto_tags || p.user_tags AS tags"
+        " FROM point p JOIN device d USING (site_id, device_id)"
+        " WHERE p.site_id = %s AND (%s::bigint[] IS NULL OR p.point_id = ANY(%s))",
+        (site_id, point_ids, point_ids),
+    )
+    updates = []
+    for pid, device_id, device_name, otype, inst, oname, desc, tags in cur.fetchall():
+        haystack, dis, topic = describe(
+            tags,
+            device_name=device_name,
+            device_id=device_id,
+            object_type=otype,
+            object_instance=inst,
+            object_name=oname,
+            description=desc,
+        )
+        updates.append((haystack, dis, topic, site_id, pid))
+    cur.executemany(
+        "UPDATE point SET haystack_name = %s, dis = %s, topic = %s WHERE site_id = %s AND point_id = %s",
+        updates,
+    )
+
+
+def load_poll_plan(
+    dsn: str, site_id: str, default_interval_s: float
+) -> tuple[list[PollDevice], list[PollPoint]]:
+    """Devices and published points (present, publish on) to poll."""
+    with connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT device_id, address, coalesce(max_apdu, 480) AS max_apdu,"
+            " coalesce(segmentation, 'no-segmentation') AS segmentation"
+            " FROM device WHERE site_id = %s AND missing_since IS NULL ORDER BY device_id",
+            (site_id,),
+        )
+        devices = [PollDevice(**row) for row in cur.fetchall()]
+        cur.execute(
+            "SELECT p.point_id, p.device_id, p.object_type, p.object_instance, p.units, p.dis,"
+            " p.haystack_name, p.topic, coalesce(p.interval_s, %s) AS interval_s,"
+            " coalesce(p.qos, 1) AS qos"
+            " FROM point p JOIN device d USING (site_id, device_id)"
+            " WHERE p.site_id = %s AND p.publish AND p.missing_since IS NULL"
+            " AND d.missing_since IS NULL ORDER BY p.device_id, p.point_id",
+            (default_interval_s, site_id),
+        )
+        points = [PollPoint(**row) for row in cur.fetchall()]
+    return devices, points

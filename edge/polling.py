@@ -1,0 +1,214 @@
+"""Polling: per-point intervals aligned to the clock, per-device ReadPropertyMultiple batches.
+
+Each device has its own task, so a dead or slow device backs off on its own and never delays the rest.
+A 30 s point is read at :00 and :30; a missed slot is skipped, not caught up in a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bacpypes3.primitivedata import ObjectIdentifier
+
+from bacpipes.contracts import Quality, Reading
+from edge.bacnet import BacnetClient, BacnetError, PeerInfo, rpm_batch_size
+from edge.catalog import PollDevice, PollPoint
+
+log = logging.getLogger(__name__)
+
+_POLL_PROPS = ("present-value", "status-flags")
+_DUE_WINDOW_S = 0.05  # points due within this window are read in the same batch
+
+
+@dataclass
+class PointOutcome:
+    """What one poll of one point produced, for point_state (a reading, or an error)."""
+
+    point_id: int
+    polled_at: datetime
+    reading: Reading | None = None
+    error: str | None = None
+
+
+@dataclass
+class DeviceStats:
+    requests: int = 0
+    reads_ok: int = 0
+    reads_failed: int = 0
+    backoffs: int = 0
+    rpm_fallbacks: int = 0
+    lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+
+def next_slot(interval_s: float, after: float) -> float:
+    """The first clock-aligned slot strictly after `after` (epoch-aligned, so :00/:30 for 30 s)."""
+    return (math.floor(after / interval_s) + 1) * interval_s
+
+
+def quality_from_flags(flags: Any) -> Quality:
+    """BACnet status flags: [in-alarm, fault, overridden, out-of-service]."""
+    if flags is None or isinstance(flags, BacnetError):
+        return "uncertain"
+    bits = [*flags, 0, 0, 0, 0]
+    if bits[1]:
+        return "bad"
+    if bits[2] or bits[3]:
+        return "uncertain"
+    return "good"
+
+
+def plain_value(value: Any) -> float | int | str | None:
+    """bacpypes3 values (Real, Enumerated, Unsigned, Boolean) as plain JSON-able numbers."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class DevicePoller:
+    """Polls one device's points on their schedules until stopped."""
+
+    def __init__(
+        self,
+        client: BacnetClient,
+        device: PollDevice,
+        points: list[PollPoint],
+        sink: Callable[[list[PointOutcome]], None],
+        tz: ZoneInfo,
+        max_backoff_s: float = 300.0,
+    ) -> None:
+        self.client = client
+        self.device = device
+        self.points = {p.point_id: p for p in points}
+        self.sink = sink
+        self.tz = tz
+        self.max_backoff_s = max_backoff_s
+        self.stats = DeviceStats()
+        self.use_rpm = True
+        self.failures = 0
+        peer = PeerInfo(device.device_id, device.address, device.max_apdu, device.segmentation, 0)
+        self.batch_size = rpm_batch_size(peer)
+        now = time.time()
+        self.due = {p.point_id: next_slot(p.interval_s, now - p.interval_s) for p in points}
+        for pid, slot in self.due.items():
+            if slot < now:  # a slot already begun: read at once rather than wait a whole interval
+                self.due[pid] = now
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set() and self.due:
+            wake = min(self.due.values())
+            delay = wake - time.time()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    break
+                except TimeoutError:
+                    pass
+            await self.poll_due()
+
+    async def poll_due(self) -> None:
+        started = time.time()
+        due = sorted(pid for pid, t in self.due.items() if t <= started + _DUE_WINDOW_S)
+        for pid in due:
+            self.stats.lateness_s.append(max(0.0, started - self.due[pid]))
+        outcomes, device_dead = await self._read_points([self.points[pid] for pid in due])
+        self.sink(outcomes)
+        if device_dead:
+            self.failures += 1
+            self.stats.backoffs += 1
+            backoff = min(self.max_backoff_s, 2.0 ** min(self.failures, 16))
+            retry = time.time() + backoff
+            log.warning("device %s not answering; retry in %.0f s", self.device.device_id, backoff)
+            for pid in due:
+                self.due[pid] = max(retry, next_slot(self.points[pid].interval_s, time.time()))
+            return
+        self.failures = 0
+        now = time.time()
+        for pid in due:
+            self.due[pid] = next_slot(self.points[pid].interval_s, max(now, self.due[pid]))
+
+    async def _read_points(self, points: list[PollPoint]) -> tuple[list[PointOutcome], bool]:
+        outcomes: list[PointOutcome] = []
+        for start in range(0, len(points), self.batch_size):
+            batch = points[start : start + self.batch_size]
+            try:
+                values = await self._read_batch(batch)
+            except (BacnetError, TimeoutError) as exc:
+                message = str(exc) or type(exc).__name__
+                polled_at = datetime.now(self.tz)
+                outcomes.extend(PointOutcome(p.point_id, polled_at, error=message) for p in points[start:])
+                self.stats.reads_failed += len(points) - start
+                return outcomes, True
+            polled_at = datetime.now(self.tz)
+            outcomes.extend(self._outcome(p, values, polled_at) for p in batch)
+        return outcomes, False
+
+    async def _read_batch(self, batch: list[PollPoint]) -> dict[tuple[ObjectIdentifier, str], Any]:
+        specs = [(_oid(p), _POLL_PROPS) for p in batch]
+        self.stats.requests += 1
+        if self.use_rpm:
+            try:
+                return await self.client.read_multiple(self.device.address, specs)
+            except BacnetError as exc:
+                if _is_no_response(exc):
+                    raise
+                log.info("device %s: RPM refused (%s); reading one by one", self.device.device_id, exc)
+                self.stats.rpm_fallbacks += 1
+                if len(batch) == 1 or "unrecognized-service" in str(exc):
+                    self.use_rpm = False
+        return await self._read_singly(specs)
+
+    async def _read_singly(self, specs: list[tuple[ObjectIdentifier, tuple[str, ...]]]) -> dict:
+        values: dict[tuple[ObjectIdentifier, str], Any] = {}
+        for oid, props in specs:
+            for prop in props:
+                try:
+                    values[(oid, prop)] = await self.client.read(self.device.address, oid, prop)
+                except BacnetError as exc:
+                    if _is_no_response(exc):
+                        raise
+                    values[(oid, prop)] = exc
+        return values
+
+    def _outcome(self, point: PollPoint, values: dict, polled_at: datetime) -> PointOutcome:
+        oid = _oid(point)
+        value = values.get((oid, "present-value"))
+        if isinstance(value, BacnetError) or value is None:
+            self.stats.reads_failed += 1
+            return PointOutcome(point.point_id, polled_at, error=str(value or "no value returned"))
+        self.stats.reads_ok += 1
+        reading = Reading(
+            point_id=point.point_id,
+            value=plain_value(value),
+            timestamp=polled_at,
+            units=point.units,
+            quality=quality_from_flags(values.get((oid, "status-flags"))),
+            dis=point.dis,
+            haystack_name=point.haystack_name,
+        )
+        return PointOutcome(point.point_id, polled_at, reading=reading)
+
+
+def _oid(point: PollPoint) -> ObjectIdentifier:
+    return ObjectIdentifier((point.object_type, point.object_instance))
+
+
+def _is_no_response(exc: BaseException) -> bool:
+    return "no-response" in str(exc) or "timeout" in str(exc).lower()

@@ -1,0 +1,1 @@
+"""Prefect flows over central/ (later issues)."""
