@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from bacpipes.contracts import object_type_token
 from bacpipes.db import connect
 from bacpipes.tagging import auto_tags, describe
 
@@ -82,8 +83,14 @@ RETURNING (xmax = 0) AS inserted
 """
 
 
-def record_discovery(dsn: str, site_id: str, devices: list[DiscoveredDevice]) -> tuple[int, int]:
-    """Upsert devices and points; mark points no longer reported missing. Returns (new, missing)."""
+def record_discovery(
+    dsn: str, site_id: str, devices: list[DiscoveredDevice], answered: list[int]
+) -> tuple[int, int]:
+    """Upsert devices and points; mark what no longer answers missing. Returns (new, missing).
+
+    `answered` lists every device that sent an I-Am, including ones whose objects could not be read:
+    those keep their points as they were rather than being marked missing.
+    """
     new = 0
     with connect(dsn) as conn, conn.cursor() as cur:
         for dev in devices:
@@ -131,21 +138,32 @@ def record_discovery(dsn: str, site_id: str, devices: list[DiscoveredDevice]) ->
             (site_id, seen),
         )
         missing = cur.rowcount
+        cur.execute(
+            "UPDATE device SET missing_since = now() WHERE site_id = %s AND NOT device_id = ANY(%s)"
+            " AND missing_since IS NULL",
+            (site_id, answered),
+        )
         refresh_names(cur, site_id)
     return new, missing
 
 
-def refresh_names(cur: Any, site_id: str, point_ids: list[int] | None = None) -> None:
-    """Recompute haystack name, display name and topic from auto tags overlaid by user tags."""
+def refresh_names(cur: Any, site_id: str) -> None:
+    """Recompute haystack name, display name and topic from auto tags overlaid by user tags.
+
+    Two points with the same tags would share a haystack name; the later ones get their BACnet
+    object id appended, so the name stays a unique handle for people and models.
+    """
     cur.execute(
         "SELECT p.point_id, p.device_id, d.name AS device_name, p.object_type, p.object_instance,"
-        " p.object_name, p.description, p.auto_tags || p.user_tags AS tags"
+        " p.object_name, p.description, p.auto_tags || p.user_tags AS tags,"
+        " p.haystack_name, p.dis, p.topic"
         " FROM point p JOIN device d USING (site_id, device_id)"
-        " WHERE p.site_id = %s AND (%s::bigint[] IS NULL OR p.point_id = ANY(%s))",
-        (site_id, point_ids, point_ids),
+        " WHERE p.site_id = %s ORDER BY p.device_id, p.object_type, p.object_instance",
+        (site_id,),
     )
     updates = []
-    for pid, device_id, device_name, otype, inst, oname, desc, tags in cur.fetchall():
+    taken: set[str] = set()
+    for pid, device_id, device_name, otype, inst, oname, desc, tags, *current in cur.fetchall():
         haystack, dis, topic = describe(
             tags,
             device_name=device_name,
@@ -155,7 +173,11 @@ def refresh_names(cur: Any, site_id: str, point_ids: list[int] | None = None) ->
             object_name=oname,
             description=desc,
         )
-        updates.append((haystack, dis, topic, site_id, pid))
+        if haystack in taken:
+            haystack = f"{haystack}.{object_type_token(otype)}{inst}"
+        taken.add(haystack)
+        if [haystack, dis, topic] != current:
+            updates.append((haystack, dis, topic, site_id, pid))
     cur.executemany(
         "UPDATE point SET haystack_name = %s, dis = %s, topic = %s WHERE site_id = %s AND point_id = %s",
         updates,

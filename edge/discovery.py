@@ -102,7 +102,8 @@ async def discover(client: BacnetClient, settings: Settings, dsn: str | None = N
             report.devices.append(result)
         else:
             report.errors[peer.device_id] = result
-    counts = record_discovery(dsn or settings.database.dsn, settings.site.id, report.devices)
+    answered = [p.device_id for p in peers]
+    counts = record_discovery(dsn or settings.database.dsn, settings.site.id, report.devices, answered)
     report.new_points, report.missing_points = counts
     return report
 

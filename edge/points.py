@@ -99,5 +99,5 @@ def update_points(
                 " WHERE site_id = %s AND point_id = ANY(%s)",
                 (removed, Jsonb(added), site, ids),
             )
-            refresh_names(cur, site, ids)
+            refresh_names(cur, site)
         return len(ids)

@@ -106,10 +106,7 @@ class DevicePoller:
         peer = PeerInfo(device.device_id, device.address, device.max_apdu, device.segmentation, 0)
         self.batch_size = rpm_batch_size(peer)
         now = time.time()
-        self.due = {p.point_id: next_slot(p.interval_s, now - p.interval_s) for p in points}
-        for pid, slot in self.due.items():
-            if slot < now:  # a slot already begun: read at once rather than wait a whole interval
-                self.due[pid] = now
+        self.due = {p.point_id: next_slot(p.interval_s, now) for p in points}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and self.due:

@@ -1,0 +1,90 @@
+"""One way to build an MQTT client, shared by the edge publisher, the ingester and the command listener.
+
+Every BacPipes component talks MQTT 3.1.1 to Mosquitto with the same URL syntax, credentials, TLS and
+reconnect policy; building the client in one place keeps them from drifting apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+from bacpipes.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+# paho refuses to queue a message whose mid is still in use, and mids are 16-bit: a queue longer than
+# the mid space could never be used, and an unbounded one could hide a stalled connection until the
+# process runs out of memory.
+MAX_QUEUED = 60_000
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
+    """Split `mqtt://host[:port]` / `mqtts://host[:port]` into (host, port, tls).
+
+    Raises ValueError with the offending URL, so a typo in the settings fails at start, not as an
+    endless reconnect loop against the wrong place.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # e.g. a non-numeric or out-of-range port
+        raise ValueError(f"invalid MQTT URL {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(
+            f"invalid MQTT URL {url!r}: scheme must be mqtt:// or mqtts://, not {parts.scheme!r}"
+        )
+    if not parts.hostname:
+        raise ValueError(f"invalid MQTT URL {url!r}: no host")
+    if parts.username is not None or parts.password is not None:
+        # credentials in a URL end up in logs and in the TOML file in git; settings/env keep them apart
+        raise ValueError(
+            f"invalid MQTT URL {parts._replace(netloc=parts.hostname).geturl()!r}: put credentials "
+            "in mqtt.username / BACPIPES_MQTT__PASSWORD, not in the URL"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"invalid MQTT URL {url!r}: unexpected path, query or fragment")
+    return parts.hostname, port or _DEFAULT_PORTS[scheme], scheme == "mqtts"
+
+
+def make_client(
+    settings: MqttSettings, client_id: str, *, persistent: bool = False
+) -> mqtt.Client:
+    """A configured, not yet connected client; connect with `connect_async` (see below).
+
+    `persistent=True` asks the broker to keep the session (subscriptions and QoS>0 messages queued
+    while we are away) — what a subscriber needs for at-least-once delivery. A pure publisher does
+    not need it: its own spool is what survives.
+    """
+    _, _, tls = parse_mqtt_url(settings.url)  # fail on a bad URL before anything else happens
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=not persistent,
+        protocol=mqtt.MQTTv311,
+    )
+    client.enable_logger(logging.getLogger(f"{__name__}.{client_id}"))
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if tls:
+        # ca_certs=None makes paho load the system trust store
+        client.tls_set(ca_certs=settings.ca_file)
+    client.reconnect_delay_set(1, 30)
+    client.max_inflight_messages_set(settings.max_inflight)
+    client.max_queued_messages_set(MAX_QUEUED)
+    return client
+
+
+def connect_async(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Point `client` at the broker without blocking; `client.loop_start()` then (re)connects.
+
+    Asynchronous on purpose: a broker that is down when a service starts is an outage to ride out,
+    not a reason to crash.
+    """
+    host, port, _ = parse_mqtt_url(settings.url)
+    client.connect_async(host, port, keepalive=settings.keepalive_s)

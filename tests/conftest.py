@@ -1,0 +1,54 @@
+"""Fixtures over real services: a throwaway PostgreSQL database per test, a Mosquitto broker the
+test controls, and the virtual building on loopback."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from bacpipes.db import migrate
+from bacpipes.settings import Settings, load_settings
+from tests.brokers import MosquittoBroker
+
+ADMIN_DSN = os.environ.get("BACPIPES_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def db_dsn() -> Iterator[str]:
+    """A fresh, migrated database, dropped afterwards."""
+    name = f"bacpipes_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(ADMIN_DSN, dbname=name)
+    migrate(dsn)
+    yield dsn
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    b = MosquittoBroker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def make_settings(db_dsn: str, mqtt_url: str, tmp_path: Path, **sections: dict) -> Settings:
+    """Settings for a test: its own database, broker and spool; everything else from the defaults."""
+    overrides: dict = {
+        "database": {"dsn": db_dsn},
+        "mqtt": {"url": mqtt_url, "client_id": f"edge-{uuid.uuid4().hex[:8]}", "health_interval_s": 2},
+        "spool": {"path": str(tmp_path / "spool.sqlite")},
+        "bacnet": {"apdu_timeout_ms": 500, "apdu_retries": 0},
+        "discovery": {"timeout_s": 1.0},
+    }
+    for key, value in sections.items():
+        overrides[key] = {**overrides.get(key, {}), **value}
+    return load_settings(None, **overrides)

@@ -1,0 +1,56 @@
+"""Run the edge agent in a background thread with its own event loop, as a test would a service."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bacpipes.settings import Settings
+from edge.agent import EdgeAgent
+
+
+class AgentThread:
+    def __init__(self, settings: Settings, discover_first: bool = True) -> None:
+        self.agent = EdgeAgent(settings)
+        self.discover_first = discover_first
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._ready.set()
+            await self.agent.run(discover_first=self.discover_first)
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # surfaced to the test by stop()
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> AgentThread:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.loop and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.agent.request_stop)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "agent did not stop"
+        if self.error:
+            raise self.error
+
+
+@contextmanager
+def running_agent(settings: Settings, discover_first: bool = True) -> Iterator[EdgeAgent]:
+    thread = AgentThread(settings, discover_first).start()
+    try:
+        yield thread.agent
+    finally:
+        thread.stop()
