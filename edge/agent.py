@@ -165,9 +165,17 @@ class EdgeAgent:
             "readings": self.readings_published,
             "reads_failed": sum(s.reads_failed for s in stats),
             "requests": sum(s.requests for s in stats),
+            "lateness_p99_s": _p99([x for s in stats for x in s.lateness_s]),
             "state_write_failures": self.state.failures,
             "publisher": self.publisher.stats() if self.publisher else {},
         }
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    values.sort()
+    return round(values[min(len(values) - 1, int(len(values) * 0.99))], 4)
 
 
 def _has_devices(settings: Settings) -> bool:
