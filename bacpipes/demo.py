@@ -15,7 +15,7 @@ import time
 
 from bacpipes.contracts import reading_filter
 from bacpipes.db import ensure_database, migrate
-from bacpipes.mqtt import make_client
+from bacpipes.mqtt import connect_async, make_client
 from bacpipes.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,7 @@ def _print_readings(settings):
 
     client.on_connect = on_connect
     client.on_message = on_message
-    client.connect_async(*_host_port(settings.mqtt.url))
+    connect_async(client, settings.mqtt)
     client.loop_start()
     return client
 
-
-def _host_port(url: str) -> tuple[str, int]:
-    from bacpipes.mqtt import parse_mqtt_url
-
-    host, port, _tls = parse_mqtt_url(url)
-    return host, port

@@ -2,7 +2,7 @@
 
 10 devices x 1,000 points from the virtual building (its own process). Both modes run the agent's real
 DevicePoller code; only `use_rpm` differs. Target: RPM >= 3x ReadProperty.
-    python benchmarks/bench_polling.py [--devices 10] [--points 1000] [--rounds 2]
+    python -m benchmarks.bench_polling [--devices 10] [--points 1000] [--rounds 2]
 """
 
 from __future__ import annotations

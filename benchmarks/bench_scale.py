@@ -3,7 +3,7 @@
 The simulator and the agent run as separate processes; CPU is the agent's own utime+stime from /proc.
 Lateness is measured by the agent (read start minus scheduled slot) and reported in its health message.
 Targets: CPU < 25 % of one core, p99 lateness < 1 s.
-    python benchmarks/bench_scale.py [--devices 10] [--points 1000] [--minutes 5] [--interval 30]
+    python -m benchmarks.bench_scale [--devices 10] [--points 1000] [--minutes 5] [--interval 30]
 """
 
 from __future__ import annotations
