@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from bacpypes3.apdu import ErrorRejectAbortNack
@@ -145,36 +146,27 @@ class BacnetClient:
 
 
 def expand_targets(targets: Iterable[str]) -> list[str | None]:
-    """'127.0.0.10-127.0.0.19' -> each address; 'broadcast' -> None (a global broadcast)."""
+    """'127.0.0.10-127.0.0.19[:port]' -> each address; 'broadcast' -> None (a global broadcast)."""
     out: list[str | None] = []
     for target in targets:
         target = target.strip()
         if target.lower() == "broadcast":
             out.append(None)
-        elif "-" in target:
-            first, last = (part.strip() for part in target.split("-", 1))
-            port = ""
-            if ":" in last:
-                last, port = last.split(":")
-                port = ":" + port
-            start, end = _ipv4_int(first), _ipv4_int(last)
-            if end < start or end - start > 4096:
-                raise ValueError(f"bad discovery range {target!r}")
-            out.extend(_int_ipv4(n) + port for n in range(start, end + 1))
-        else:
-            out.append(target)
+            continue
+        first, _, last = target.partition("-")
+        last, _, port = (last or first).partition(":")
+        first = first.partition(":")[0]
+        try:
+            start, end = int(IPv4Address(first.strip())), int(IPv4Address(last.strip()))
+        except ValueError as exc:
+            raise ValueError(
+                f"bad discovery target {target!r}: not an IPv4 address or range ({exc})"
+            ) from None
+        if end < start or end - start > 4096:
+            raise ValueError(f"bad discovery range {target!r}: end before start or over 4,096 addresses")
+        suffix = f":{port}" if port else ""
+        out.extend(f"{IPv4Address(n)}{suffix}" for n in range(start, end + 1))
     return out
-
-
-def _ipv4_int(text: str) -> int:
-    parts = [int(p) for p in text.split(".")]
-    if len(parts) != 4 or not all(0 <= p <= 255 for p in parts):
-        raise ValueError(f"not an IPv4 address: {text!r}")
-    return (parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]
-
-
-def _int_ipv4(n: int) -> str:
-    return ".".join(str((n >> s) & 255) for s in (24, 16, 8, 0))
 
 
 async def gather_limited(coros: Iterable[Any], limit: int) -> list[Any]:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from bacpipes.contracts import status_topic
 from bacpipes.mqtt import make_client, parse_mqtt_url
 from bacpipes.settings import MqttSettings
-from edge.publisher import Publisher, status_topic
+from edge.publisher import Publisher
 from edge.spool import Spool, SpoolMessage
 from tests.brokers import Collector, MosquittoBroker
 
