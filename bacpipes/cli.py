@@ -32,6 +32,7 @@ def _sim(args: argparse.Namespace) -> int:
         seed=args.seed,
         speed=args.speed,
         port=args.port,
+        bbmd=args.bbmd,
     )
     return 0
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--speed", type=float, default=1.0, help="building seconds per wall second")
     sim.add_argument("--port", type=int, default=47808)
+    sim.add_argument("--bbmd", help="also serve a BBMD at this loopback address, e.g. 127.0.0.9")
     sim.set_defaults(func=_sim)
 
     edge = sub.add_parser("edge").add_subparsers(dest="edge_command", required=True)

@@ -37,6 +37,11 @@ def reading_filter(site_id: str) -> str:
     return f"{topic_segment(site_id)}/+/+/presentValue"
 
 
+def batch_topic(site_id: str, equip: str) -> str:
+    """One message per equipment and poll, for consumers that prefer fewer, larger messages."""
+    return f"{topic_segment(site_id)}/{topic_segment(equip)}/batch"
+
+
 def status_topic(site_id: str) -> str:
     return f"{topic_segment(site_id)}/_bacpipes/status"
 
@@ -57,19 +62,23 @@ class Reading:
     dis: str | None
     haystack_name: str | None
 
-    def payload(self) -> bytes:
+    def as_dict(self) -> dict:
         value = self.value
         if isinstance(value, float) and not math.isfinite(value):
             value = None  # JSON has no NaN; quality already says it is bad
-        return json.dumps(
-            {
-                "value": value,
-                "timestamp": self.timestamp.isoformat(timespec="milliseconds"),
-                "units": self.units,
-                "quality": self.quality,
-                "dis": self.dis,
-                "haystackName": self.haystack_name,
-                "pointId": self.point_id,
-            },
-            separators=(",", ":"),
-        ).encode()
+        return {
+            "value": value,
+            "timestamp": self.timestamp.isoformat(timespec="milliseconds"),
+            "units": self.units,
+            "quality": self.quality,
+            "dis": self.dis,
+            "haystackName": self.haystack_name,
+            "pointId": self.point_id,
+        }
+
+    def payload(self) -> bytes:
+        return json.dumps(self.as_dict(), separators=(",", ":")).encode()
+
+
+def batch_payload(readings: list[Reading]) -> bytes:
+    return json.dumps({"readings": [r.as_dict() for r in readings]}, separators=(",", ":")).encode()

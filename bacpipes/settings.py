@@ -49,6 +49,7 @@ class MqttSettings(BaseModel):
     keepalive_s: int = 30
     max_inflight: int = 100
     health_interval_s: float = 60.0
+    batch_per_equipment: bool = False  # also publish {site}/{equip}/batch per poll
 
 
 class BacnetSettings(BaseModel):

@@ -12,8 +12,10 @@ import logging
 import signal
 import threading
 import time
+from collections import defaultdict
 from typing import Any
 
+from bacpipes.contracts import Reading, batch_payload, batch_topic
 from bacpipes.db import connect
 from bacpipes.settings import Settings
 from edge.bacnet import BacnetClient, make_application
@@ -135,14 +137,22 @@ class EdgeAgent:
 
     def _on_outcomes(self, outcomes: list[PointOutcome]) -> None:
         messages = []
+        by_equip: dict[str, list[Reading]] = defaultdict(list)
         for o in outcomes:
             if o.reading is None:
                 continue
             point = self.points[o.point_id]
             messages.append(SpoolMessage(point.topic, o.reading.payload(), point.qos, True))
+            by_equip[point.topic.split("/")[1]].append(o.reading)
+        if self.settings.mqtt.batch_per_equipment:
+            site = self.settings.site.id
+            messages += [
+                SpoolMessage(batch_topic(site, equip), batch_payload(rs), 1, False)
+                for equip, rs in by_equip.items()
+            ]
         if messages and self.publisher:
             self.publisher.submit(messages)
-            self.readings_published += len(messages)
+            self.readings_published += sum(len(rs) for rs in by_equip.values())
         self.state.add(outcomes)
 
     async def _housekeeping(self) -> None:

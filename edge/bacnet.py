@@ -96,6 +96,18 @@ class BacnetClient:
     def close(self) -> None:
         self.app.close()
 
+    async def wait_registered(self, timeout: float) -> None:
+        """A foreign device must be registered with its BBMD before a broadcast reaches anyone."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        for link_layer in self.app.link_layers.values():
+            while getattr(link_layer, "bbmdRegistrationStatus", 0) != 0:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BacnetError(
+                        f"no registration with BBMD {link_layer.bbmdAddress} after {timeout:g} s"
+                        f" (status {link_layer.bbmdRegistrationStatus})"
+                    )
+                await asyncio.sleep(0.05)
+
     async def who_is(self, address: str | None, low: int, high: int, timeout: float) -> list[PeerInfo]:
         destination = Address(address) if address else None
         i_ams = await self.app.who_is(low, high, destination, timeout=timeout)

@@ -41,8 +41,10 @@ async def find_peers(client: BacnetClient, settings: Settings) -> list[PeerInfo]
     """Who-Is to every target (directed, broadcast, or broadcast through the BBMD)."""
     d = settings.discovery
     targets = expand_targets(d.targets)
-    if d.bbmd and None not in targets:
-        targets.append(None)  # a foreign device's broadcast is distributed by its BBMD
+    if d.bbmd:
+        await client.wait_registered(timeout=max(5.0, d.timeout_s))
+        if None not in targets:
+            targets.append(None)  # a foreign device's broadcast is distributed by its BBMD
     answers = await gather_limited((client.who_is(t, d.low, d.high, d.timeout_s) for t in targets), limit=32)
     peers: dict[int, PeerInfo] = {}
     for batch in answers:

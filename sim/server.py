@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from sim.bbmd import make_bbmd
 from sim.devices import FIRST_INSTANCE, SimDevice
 from sim.objects import SimApplication
 from sim.physics import Building
@@ -67,6 +68,7 @@ class VirtualBuilding:
         port: int = 47808,
         start: datetime | None = None,
         tick_s: float = 1.0,
+        bbmd: str | None = None,
     ) -> None:
         if devices < 1:
             raise ValueError("devices must be at least 1")
@@ -85,6 +87,8 @@ class VirtualBuilding:
         self._wall0 = time.monotonic()
         self._time0 = self.building.time
         self._tick_task: asyncio.Task[None] | None = None
+        self.bbmd_address = device_addresses(bbmd, 1)[0] if bbmd else None
+        self._bbmd: Any = None
 
     def building_time(self) -> datetime:
         elapsed = (time.monotonic() - self._wall0) * self.speed
@@ -94,10 +98,12 @@ class VirtualBuilding:
         """Create every device's objects and bind its UDP socket."""
         for dev in self.devices:
             dev.app = SimApplication.from_object_list(dev.build())
+        apps = [d.app for d in self.devices if d.app]
+        if self.bbmd_address:
+            self._bbmd = make_bbmd(self.bbmd_address, self.port)
+            apps.append(self._bbmd)
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(_bound(d.app) for d in self.devices if d.app)), BIND_TIMEOUT_S
-            )
+            await asyncio.wait_for(asyncio.gather(*(_bound(app) for app in apps)), BIND_TIMEOUT_S)
         except TimeoutError as err:
             await self.stop()
             raise OSError(
@@ -114,6 +120,9 @@ class VirtualBuilding:
             if dev.app is not None:
                 dev.app.close()
                 dev.app = None
+        if self._bbmd is not None:
+            self._bbmd.close()
+            self._bbmd = None
 
     async def stop_device(self, instance: int) -> None:
         """Close one device's Application: from now on it answers nothing, like a dead controller."""
@@ -243,6 +252,7 @@ def run(
     seed: int = 0,
     speed: float = 1.0,
     port: int = 47808,
+    bbmd: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (the ``bacpipes sim`` command)."""
 
@@ -254,6 +264,7 @@ def run(
             seed=seed,
             speed=speed,
             port=port,
+            bbmd=bbmd,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -262,6 +273,8 @@ def run(
         await vb.start()
         for instance, address, count in vb.describe():
             print(f"device {instance} at {address}:{port} with {count} objects", flush=True)
+        if bbmd:
+            print(f"BBMD at {bbmd}:{port} (register agents as foreign devices here)", flush=True)
         print(f"building time {vb.building.time:%Y-%m-%d %H:%M} at {speed:g}x", flush=True)
         try:
             await stop.wait()

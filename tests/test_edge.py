@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bacpipes.contracts import reading_filter
+from bacpipes.contracts import health_topic, reading_filter
 from edge.bacnet import BacnetClient, BacnetError, make_application
 from edge.discovery import discover
 from edge.points import update_points
@@ -53,7 +53,7 @@ def settings_for(db_dsn: str, url: str, tmp_path: Path, interval: float = 1.0):
 
 def run_discovery(settings):
     async def main():
-        client = BacnetClient(make_application(settings.bacnet))
+        client = BacnetClient(make_application(settings.bacnet, settings.discovery.bbmd))
         try:
             return await discover(client, settings)
         finally:
@@ -92,8 +92,14 @@ def test_discovery_finds_every_device_and_point(db_dsn, tmp_path):
     kinds = {(t, w, c) for t, _u, w, c, *_ in meta}
     assert ("analog-input", False, False) in kinds
     assert ("analog-value", True, True) in kinds
-    assert {t for t, *_ in meta} >= {"analog-input", "analog-value", "analog-output", "binary-input",
-                                      "binary-value", "multi-state-value"}
+    assert {t for t, *_ in meta} >= {
+        "analog-input",
+        "analog-value",
+        "analog-output",
+        "binary-input",
+        "binary-value",
+        "multi-state-value",
+    }
     assert all(u for t, u, *_ in meta if t.startswith("analog"))
     for _t, _u, _w, _c, topic, _h in meta:
         site, equip, obj, leaf = topic.split("/")
@@ -106,8 +112,9 @@ def test_rediscovery_keeps_operator_edits_and_marks_vanished_points(db_dsn, tmp_
     settings = settings_for(db_dsn, "mqtt://127.0.0.1:1", tmp_path)
     with building(devices=2, points=40):
         first = run_discovery(settings)
-    edited = update_points(settings, device=1001, object_type="analog-input", publish="off",
-                           interval_s=7, tags=["floor=3"])
+    edited = update_points(
+        settings, device=1001, object_type="analog-input", publish="off", interval_s=7, tags=["floor=3"]
+    )
     assert edited > 0
     with building(devices=2, points=0):
         second = run_discovery(settings)
@@ -134,7 +141,7 @@ def test_published_values_match_the_simulator(db_dsn, broker, tmp_path):
     points = points_by_id(db_dsn)
     got = readings(collector)
     assert {body["pointId"] for _t, body, _r in got} == set(points)
-    for topic, body, retain in got:
+    for topic, body, _retain in got:
         device, otype, inst, units, point_topic = points[body["pointId"]]
         assert topic == point_topic
         assert body["quality"] == "good" and body["units"] == units
@@ -180,8 +187,10 @@ def test_unknown_object_and_refused_write_are_reported_not_fatal(db_dsn, broker,
                 "INSERT INTO point (site_id, device_id, object_type, object_instance, object_name)"
                 " VALUES ('macau-casino', 1001, 'analog-value', 9999, 'GONE') RETURNING point_id"
             ).fetchone()[0]
-            conn.execute("UPDATE point SET topic = 'macau-casino/x/analogValue9999/presentValue'"
-                         " WHERE point_id = %s", (bogus,))
+            conn.execute(
+                "UPDATE point SET topic = 'macau-casino/x/analogValue9999/presentValue' WHERE point_id = %s",
+                (bogus,),
+            )
         with running_agent(settings, discover_first=False):
             time.sleep(3.5)
         refused = asyncio.run(_write_to_analog_input())
@@ -271,9 +280,9 @@ def test_agent_killed_with_sigkill_resends_its_spool(db_dsn, broker, tmp_path):
     config = tmp_path / "site.toml"
     config.write_text(
         f'[database]\ndsn = "{db_dsn}"\n[mqtt]\nurl = "{broker.url}"\nclient_id = "edge-kill"\n'
-        f'[discovery]\ntargets = {json.dumps(TARGETS)}\ntimeout_s = 1.0\n'
+        f"[discovery]\ntargets = {json.dumps(TARGETS)}\ntimeout_s = 1.0\n"
         f'[polling]\ndefault_interval_s = 1\n[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
-        '[bacnet]\napdu_timeout_ms = 500\napdu_retries = 0\n'
+        "[bacnet]\napdu_timeout_ms = 500\napdu_retries = 0\n"
     )
     collector = Collector(broker.url, reading_filter(settings.site.id), "check-kill")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -308,3 +317,50 @@ def test_bad_discovery_target_is_a_clear_error(bad):
 
     with pytest.raises(ValueError, match=r"bad discovery (range|target)"):
         expand_targets([bad])
+
+
+def test_discovery_by_broadcast_through_a_bbmd(db_dsn, tmp_path):
+    """The agent registers as a foreign device; its broadcast Who-Is is distributed by the BBMD."""
+    settings = make_settings(
+        db_dsn,
+        "mqtt://127.0.0.1:1",
+        tmp_path,
+        discovery={"targets": ["broadcast"], "bbmd": "127.0.0.69:47808", "low": 1000, "high": 1999},
+    )
+    with ThreadedBuilding(devices=3, address_base="127.0.0.70", seed=1, speed=0, bbmd="127.0.0.69") as b:
+        report = run_discovery(settings)
+        expected = set(b.snapshot())
+    assert report.errors == {}
+    assert sorted(d.peer.device_id for d in report.devices) == [1001, 1002, 1003]
+    with psycopg.connect(db_dsn) as conn:
+        found = set(conn.execute("SELECT device_id, object_type, object_instance FROM point").fetchall())
+    assert found == expected
+
+
+def test_batch_per_equipment_and_health_counters(db_dsn, broker, tmp_path):
+    settings = make_settings(
+        db_dsn,
+        broker.url,
+        tmp_path,
+        discovery={"targets": TARGETS},
+        polling={"default_interval_s": 1.0},
+        mqtt={"batch_per_equipment": True},
+    )
+    site = settings.site.id
+    singles = Collector(broker.url, reading_filter(site), "check-singles")
+    batches = Collector(broker.url, f"{site}/+/batch", "check-batches")
+    health = Collector(broker.url, health_topic(site), "check-health")
+    with building(devices=2), running_agent(settings) as agent:
+        health.wait_for(1, timeout=15)
+        time.sleep(1)
+        points = len(agent.points)
+    for c in (singles, batches, health):
+        c.close()
+    in_batches = {
+        (r["pointId"], r["timestamp"]) for m in batches.snapshot() for r in json.loads(m.payload)["readings"]
+    }
+    in_singles = {(body["pointId"], body["timestamp"]) for _t, body, _r in readings(singles)}
+    assert in_batches == in_singles and len(in_singles) >= points
+    assert {m.topic.split("/")[1] for m in batches.snapshot()} == {"ahu_1", "ahu_2"}
+    report = json.loads(health.snapshot()[-1].payload)
+    assert report["points"] == points and report["devices"] == 2 and report["readings"] > 0
