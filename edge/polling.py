@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bacpypes3.primitivedata import ObjectIdentifier
+import numpy as np
+from bacpypes3.primitivedata import Double, ObjectIdentifier, Real
 
 from bacpipes.contracts import Quality, Reading
 from edge.bacnet import BacnetClient, BacnetError, PeerInfo, rpm_batch_size
@@ -67,9 +68,14 @@ def quality_from_flags(flags: Any) -> Quality:
 
 
 def plain_value(value: Any) -> float | int | str | None:
-    """bacpypes3 values (Real, Enumerated, Unsigned, Boolean) as plain JSON-able numbers."""
+    """bacpypes3 values (Real, Enumerated, Unsigned, Boolean) as plain JSON-able numbers.
+
+    A BACnet Real is 32-bit: publish its shortest exact decimal (24.42, not 24.420000076293945).
+    """
     if value is None:
         return None
+    if isinstance(value, Real) and not isinstance(value, Double):  # Double subclasses Real
+        return float(str(np.float32(value)))
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
