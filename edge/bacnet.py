@@ -24,8 +24,7 @@ from bacpipes.settings import BacnetSettings
 
 # conservative encoded sizes, in bytes, of one object's RPM request and response for pv + status-flags
 _RPM_HEADER = 16
-_RPM_RESPONSE_PER_OBJECT = 32
-_MAX_SEGMENTS = 4
+_RPM_RESPONSE_PER_OBJECT = 24  # object id + pv + status flags, measured encoding: 23 bytes
 
 
 class BacnetError(Exception):
@@ -48,11 +47,12 @@ class PeerInfo:
 
 
 def rpm_batch_size(peer: PeerInfo, bytes_per_object: int = _RPM_RESPONSE_PER_OBJECT) -> int:
-    """Objects per ReadPropertyMultiple so the answer fits the device's APDU (or a few segments)."""
-    budget = peer.max_apdu - _RPM_HEADER
-    if peer.segmented_response:
-        budget *= _MAX_SEGMENTS
-    return max(1, budget // bytes_per_object)
+    """Objects per ReadPropertyMultiple so the answer fits one APDU of the device.
+
+    Even for devices that segment: bacpypes3 0.0.110 fails on segmented answers under concurrent
+    load ("invalid APDU (7)", then no-response), measured with 10 devices x 1,000 points.
+    """
+    return max(1, (peer.max_apdu - _RPM_HEADER) // bytes_per_object)
 
 
 def make_application(settings: BacnetSettings, bbmd: str | None = None) -> Application:
