@@ -7,6 +7,7 @@ converts them into `BacnetError`, an ordinary Exception that callers can handle.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -14,12 +15,13 @@ from typing import Any
 
 from bacpypes3.apdu import ErrorRejectAbortNack
 from bacpypes3.app import Application
-from bacpypes3.basetypes import ErrorType, HostNPort, IPMode
+from bacpypes3.basetypes import ErrorType, HostNPort, IPMode, PropertyIdentifier, PropertyReference
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
+import bacpipes.bacpypes_speedup  # noqa: F401  (patches bacpypes3 on import)
 from bacpipes.settings import BacnetSettings
 
 # conservative encoded sizes, in bytes, of one object's RPM request and response for pv + status-flags
@@ -53,6 +55,12 @@ def rpm_batch_size(peer: PeerInfo, bytes_per_object: int = _RPM_RESPONSE_PER_OBJ
     load ("invalid APDU (7)", then no-response), measured with 10 devices x 1,000 points.
     """
     return max(1, (peer.max_apdu - _RPM_HEADER) // bytes_per_object)
+
+
+@functools.cache
+def _property_reference(name: str) -> PropertyReference:
+    """Built once per name: bacpypes3 would otherwise parse the string in every request."""
+    return PropertyReference(propertyIdentifier=PropertyIdentifier(name))
 
 
 def make_application(settings: BacnetSettings, bbmd: str | None = None) -> Application:
@@ -134,7 +142,7 @@ class BacnetClient:
         """One RPM; a property the object lacks comes back as a `BacnetError` value, not a raise."""
         parameter_list: list[Any] = []
         for objid, props in specs:
-            parameter_list.extend((objid, list(props)))
+            parameter_list.extend((objid, [_property_reference(p) for p in props]))
         try:
             results = await self.app.read_property_multiple(Address(address), parameter_list)
         except ErrorRejectAbortNack as exc:

@@ -149,8 +149,9 @@ class DevicePoller:
 
     async def _read_points(self, points: list[PollPoint]) -> tuple[list[PointOutcome], bool]:
         outcomes: list[PointOutcome] = []
-        for start in range(0, len(points), self.batch_size):
-            batch = points[start : start + self.batch_size]
+        start = 0
+        while start < len(points):
+            batch = points[start : start + self.batch_size]  # the size may shrink during the loop
             try:
                 values = await self._read_batch(batch)
             except (BacnetError, TimeoutError) as exc:
@@ -161,6 +162,7 @@ class DevicePoller:
                 return outcomes, True
             polled_at = datetime.now(self.tz)
             outcomes.extend(self._outcome(p, values, polled_at) for p in batch)
+            start += len(batch)
         return outcomes, False
 
     async def _read_batch(self, batch: list[PollPoint]) -> dict[tuple[ObjectIdentifier, str], Any]:
@@ -172,10 +174,18 @@ class DevicePoller:
             except BacnetError as exc:
                 if _is_no_response(exc):
                     raise
-                log.info("device %s: RPM refused (%s); reading one by one", self.device.device_id, exc)
                 self.stats.rpm_fallbacks += 1
-                if len(batch) == 1 or "unrecognized-service" in str(exc):
-                    self.use_rpm = False
+                if "unrecognized-service" in str(exc):
+                    self.use_rpm = False  # the device has no RPM at all
+                elif len(batch) > 1:
+                    self.batch_size = max(1, len(batch) // 2)  # too big for it: smaller from now on
+                log.info(
+                    "device %s: RPM of %d refused (%s); this batch one by one, next batches of %d",
+                    self.device.device_id,
+                    len(batch),
+                    exc,
+                    self.batch_size,
+                )
         return await self._read_singly(specs)
 
     async def _read_singly(self, specs: list[tuple[ObjectIdentifier, tuple[str, ...]]]) -> dict:

@@ -24,6 +24,8 @@ from bacpypes3.local.cmd import Commandable
 from bacpypes3.local.multistate import MultiStateValueObject
 from bacpypes3.primitivedata import Null
 
+import bacpipes.bacpypes_speedup  # noqa: F401  (patches bacpypes3 on import)
+
 PRESENT_VALUE = PropertyIdentifier("presentValue")
 
 
