@@ -67,8 +67,11 @@ def auto_tags(
     object_type: str,
     object_name: str | None,
     units: str | None,
+    location: str | None = None,
 ) -> dict[str, Any]:
     tags: dict[str, Any] = {"site": site_id}
+    if location:
+        tags["location"] = location  # the controller's BACnet location property
     match = _EQUIP.match(device_name or "")
     if match:
         tags["equipType"] = match.group(1).lower()

@@ -33,6 +33,7 @@ class DiscoveredDevice:
     name: str
     vendor_name: str | None
     model_name: str | None
+    location: str | None = None
     points: list[DiscoveredPoint] = field(default_factory=list)
 
 
@@ -121,7 +122,15 @@ def record_discovery(
                     p.writable,
                     p.commandable,
                     Jsonb(
-                        auto_tags(site_id, dev.name, peer.device_id, p.object_type, p.object_name, p.units)
+                        auto_tags(
+                            site_id,
+                            dev.name,
+                            peer.device_id,
+                            p.object_type,
+                            p.object_name,
+                            p.units,
+                            location=dev.location,
+                        )
                     ),
                 )
                 for p in dev.points

@@ -66,13 +66,16 @@ async def read_object_list(client: BacnetClient, peer: PeerInfo) -> list[ObjectI
 
 async def read_device(client: BacnetClient, peer: PeerInfo, site_id: str) -> DiscoveredDevice:
     device_oid = ObjectIdentifier(("device", peer.device_id))
-    props = await _read_props(client, peer, [device_oid], ("object-name", "vendor-name", "model-name"))
+    props = await _read_props(
+        client, peer, [device_oid], ("object-name", "vendor-name", "model-name", "location")
+    )
     info = props.get(device_oid, {})
     device = DiscoveredDevice(
         peer=peer,
         name=_text(info.get("object-name")) or f"device_{peer.device_id}",
         vendor_name=_text(info.get("vendor-name")),
         model_name=_text(info.get("model-name")),
+        location=_text(info.get("location")),
     )
     objects = [o for o in await read_object_list(client, peer) if _type_name(o) not in _SKIP_TYPES]
     details = await _read_props(client, peer, objects, _OBJECT_PROPS)

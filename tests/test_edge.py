@@ -106,6 +106,14 @@ def test_discovery_finds_every_device_and_point(db_dsn, tmp_path):
         assert (site, leaf) == ("macau-casino", "presentValue") and equip and obj
     haystack = [h for *_, h in meta]
     assert len(set(haystack)) == len(haystack)
+    with psycopg.connect(db_dsn) as conn:
+        tags = conn.execute(
+            "SELECT auto_tags FROM point WHERE device_id = 1001 AND object_type = 'analog-input'"
+            " AND object_instance = 1"
+        ).fetchone()[0]
+    assert tags["equipType"] == "ahu" and tags["equipId"] == "1" and tags["site"] == "macau-casino"
+    assert (tags["quantity"], tags["function"]) == ("temp", "sensor")
+    assert tags["location"].startswith("Macau")
 
 
 def test_rediscovery_keeps_operator_edits_and_marks_vanished_points(db_dsn, tmp_path):
@@ -265,7 +273,7 @@ def test_broker_down_30s_loses_no_reading(db_dsn, broker, tmp_path):
             time.sleep(30)
             spooled = agent.publisher.stats()["pending"]
             broker.start()
-            time.sleep(3)
+            assert agent.publisher.flush(timeout=40)  # reconnects and drains the spool
         served = sum(b.served_reads().values()) - served_before
         published = agent.readings_published
     collector.wait_for(published, timeout=30)
