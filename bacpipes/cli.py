@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import psycopg
+
 from bacpipes.settings import load_settings
 
 
@@ -164,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"bacpipes: error: {exc}", file=sys.stderr)
         return 2
+    except psycopg.OperationalError as exc:
+        print(f"bacpipes: error: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

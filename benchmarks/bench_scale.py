@@ -49,7 +49,7 @@ def main() -> None:
     config = work / "site.toml"
     config.write_text(
         f'[site]\nid = "{site}"\n[database]\ndsn = "{dsn}"\n'
-        f'[mqtt]\nclient_id = "{site}"\nhealth_interval_s = 30\nmax_inflight = 500\n'
+        f'[mqtt]\nclient_id = "{site}"\nhealth_interval_s = 30\n'
         f'[discovery]\ntargets = ["{BASE}-127.0.0.{49 + args.devices}"]\ntimeout_s = 1.0\n'
         f"[polling]\ndefault_interval_s = {args.interval}\n"
         f'[spool]\npath = "{work / "spool.sqlite"}"\n'

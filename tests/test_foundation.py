@@ -78,3 +78,15 @@ def test_cli_reports_a_missing_config_clearly(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "config file not found" in result.stderr
+
+
+def test_cli_reports_an_unreachable_database_clearly(tmp_path):
+    config = tmp_path / "site.toml"
+    config.write_text('[database]\ndsn = "postgresql://postgres@127.0.0.1:1/nowhere"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "bacpipes.cli", "edge", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3 and "database unavailable" in result.stderr
