@@ -64,7 +64,7 @@ async def read_object_list(client: BacnetClient, peer: PeerInfo) -> list[ObjectI
     return [await client.read(peer.address, device, "object-list", i) for i in range(1, count + 1)]
 
 
-async def read_device(client: BacnetClient, peer: PeerInfo, site_id: str) -> DiscoveredDevice:
+async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
     device_oid = ObjectIdentifier(("device", peer.device_id))
     props = await _read_props(
         client, peer, [device_oid], ("object-name", "vendor-name", "model-name", "location")
@@ -101,7 +101,7 @@ async def discover(client: BacnetClient, settings: Settings, dsn: str | None = N
     """Find, read and record every reachable device; one dead device is an error line, not a failure."""
     report = DiscoveryReport()
     peers = await find_peers(client, settings)
-    results = await gather_limited((_read_device_safely(client, p, settings.site.id) for p in peers), limit=8)
+    results = await gather_limited((_read_device_safely(client, p) for p in peers), limit=8)
     for peer, result in zip(peers, results, strict=True):
         if isinstance(result, DiscoveredDevice):
             report.devices.append(result)
@@ -113,9 +113,9 @@ async def discover(client: BacnetClient, settings: Settings, dsn: str | None = N
     return report
 
 
-async def _read_device_safely(client: BacnetClient, peer: PeerInfo, site_id: str) -> DiscoveredDevice | str:
+async def _read_device_safely(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice | str:
     try:
-        return await read_device(client, peer, site_id)
+        return await read_device(client, peer)
     except (BacnetError, TimeoutError) as exc:
         log.warning("device %s at %s: discovery failed: %s", peer.device_id, peer.address, exc)
         return str(exc) or type(exc).__name__
