@@ -14,13 +14,32 @@ from bacpipes.settings import load_settings
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    from bacpipes.db import ensure_database, migrate
+    from bacpipes.db import connect, ensure_database, migrate
+    from bacpipes.partitions import ensure_partitions
 
     settings = load_settings(args.config)
     if ensure_database(settings.database.dsn):
         print("created database")
     applied = migrate(settings.database.dsn)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    with connect(settings.database.dsn, autocommit=True) as conn:
+        created = ensure_partitions(conn)
+    if created:
+        print(f"created {len(created)} daily partition(s) ahead")
+    return 0
+
+
+def _db_retention(args: argparse.Namespace) -> int:
+    from bacpipes.db import connect
+    from bacpipes.partitions import apply_retention
+
+    settings = load_settings(args.config)
+    with connect(settings.database.dsn, autocommit=True) as conn:
+        days = settings.database.retention_days if args.days is None else args.days
+        report = apply_retention(conn, days=days)
+    print(report.summary())
+    for name, rows in report.dropped.items():
+        print(f"  dropped {name} ({rows} rows)")
     return 0
 
 
@@ -122,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db").add_subparsers(dest="db_command", required=True)
     with_config(db.add_parser("migrate", help="apply pending SQL migrations")).set_defaults(func=_db_migrate)
+    retention = with_config(db.add_parser("retention", help="drop expired daily partitions, create ahead"))
+    retention.add_argument("--days", type=int, help="keep this many days (default: database.retention_days)")
+    retention.set_defaults(func=_db_retention)
 
     sim = sub.add_parser("sim", help="serve the virtual building over BACnet/IP")
     sim.add_argument("--devices", type=int, default=3)

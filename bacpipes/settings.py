@@ -40,6 +40,7 @@ class SiteSettings(BaseModel):
 
 class DatabaseSettings(BaseModel):
     dsn: str = "postgresql://postgres@127.0.0.1:5432/bacpipes"
+    retention_days: int = Field(7, ge=1)  # site default; central keeps 30 days to a year
 
 
 class MqttSettings(BaseModel):

@@ -47,11 +47,18 @@ class MosquittoBroker:
         port: int | None = None,
         persistence: bool = True,
         extra_conf: str = "",
+        config_file: Path | None = None,
+        config_overrides: dict[str, str] | None = None,
     ) -> None:
+        """`config_file` runs a deployment config (e.g. deploy/mosquitto.conf) instead of the lossless
+        test one, with this broker's port, data dir and log file substituted, and `config_overrides`
+        replacing further options (e.g. password_file) by name."""
         self.dir = Path(tmp_path)
         self.port = port or free_port()
         self.persistence = persistence
         self.extra_conf = extra_conf
+        self.config_file = Path(config_file) if config_file else None
+        self.config_overrides = dict(config_overrides or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.conf_path = self.dir / "mosquitto.conf"
         self.log_path = self.dir / "mosquitto.log"
@@ -61,6 +68,9 @@ class MosquittoBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def _write_conf(self) -> None:
+        if self.config_file is not None:
+            self._write_deploy_conf()
+            return
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         lines = [
@@ -82,6 +92,26 @@ class MosquittoBroker:
             # files in a root-owned tmp dir
             lines.append("user root")
         self.conf_path.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
+
+    def _write_deploy_conf(self) -> None:
+        """The deployment file, minus the options that would bind it to the host's port and paths."""
+        assert self.config_file is not None
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        ours = {
+            "listener": f"{self.port} 127.0.0.1",
+            "persistence_location": f"{data}/",
+            "log_dest": f"file {self.log_path}",
+            **self.config_overrides,
+        }
+        if os.geteuid() == 0:
+            ours["user"] = "root"  # see _write_conf
+        kept = [
+            line for line in self.config_file.read_text().splitlines()
+            if not line.split() or line.split()[0] not in ours
+        ]
+        head = [f"{key} {value}" for key, value in ours.items()]
+        self.conf_path.write_text("\n".join(head + kept) + "\n" + self.extra_conf + "\n")
 
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
         """Start (or start again, same port and data) and return once the port accepts connections."""
@@ -177,13 +207,16 @@ class Collector:
         client_id: str | None = None,
         persistent: bool = True,
         timeout: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.topic_filter = topic_filter
         self.client_id = client_id or f"collector-{uuid.uuid4().hex[:8]}"
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = make_client(MqttSettings(url=url), self.client_id, persistent=persistent)
+        settings = MqttSettings(url=url, username=username, password=password)
+        self.client = make_client(settings, self.client_id, persistent=persistent)
         # back on its feet within 2 s of a broker restart, so tests measure the publisher, not this
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = self._on_connect

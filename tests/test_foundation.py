@@ -66,6 +66,17 @@ def test_cli_db_migrate_creates_the_database(db_dsn, tmp_path):
         second = subprocess.run(run, capture_output=True, text=True, check=True)
         assert "created database" in first.stdout and "001_site_core.sql" in first.stdout
         assert "applied 0 migration(s)" in second.stdout
+        kept = subprocess.run(
+            [*run[:4], "retention", "--config", str(config), "--days", "2"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "retention 2 d" in kept.stdout
+        refused = subprocess.run(
+            [*run[:4], "retention", "--config", str(config), "--days", "0"], capture_output=True, text=True
+        )
+        assert refused.returncode == 2 and "retention must be" in refused.stderr
     finally:
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{params["dbname"]}_cli" WITH (FORCE)')
