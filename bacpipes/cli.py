@@ -93,6 +93,13 @@ def _edge_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_ingest(args: argparse.Namespace) -> int:
+    from edge.ingest import run_ingest
+
+    run_ingest(load_settings(args.config))
+    return 0
+
+
 def _points_list(args: argparse.Namespace) -> int:
     from edge.points import list_points
 
@@ -160,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_config(edge.add_parser("run", help="poll and publish until stopped"))
     run.add_argument("--discover", action="store_true", help="rediscover before polling")
     run.set_defaults(func=_edge_run)
+    ingest = with_config(edge.add_parser("ingest", help="MQTT readings into PostgreSQL until stopped"))
+    ingest.set_defaults(func=_edge_ingest)
 
     points = edge.add_parser("points").add_subparsers(dest="points_command", required=True)
     plist = with_config(points.add_parser("list"))

@@ -76,6 +76,10 @@ class PollingSettings(BaseModel):
     max_backoff_s: float = 300
 
 
+class IngestSettings(BaseModel):
+    enabled: bool = True  # run the MQTT -> PostgreSQL ingester inside `bacpipes edge run`
+
+
 class SpoolSettings(BaseModel):
     path: str = "var/spool.sqlite"
 
@@ -90,6 +94,7 @@ class Settings(BaseSettings):
     discovery: DiscoverySettings = DiscoverySettings()
     polling: PollingSettings = PollingSettings()
     spool: SpoolSettings = SpoolSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,4 @@
-"""`bacpipes edge run`: poll every device, publish every reading, keep point_state current.
+"""`bacpipes edge run`: poll every device, publish every reading, ingest them into the site database.
 
 Readings go to the publisher's durable spool first, so a broker outage or an agent crash loses
 nothing; point_state is best effort (latest values only) and is retried if the database is away.
@@ -21,6 +21,7 @@ from bacpipes.settings import Settings
 from edge.bacnet import BacnetClient, make_application
 from edge.catalog import PollPoint, load_poll_plan
 from edge.discovery import discover
+from edge.ingest import Ingester
 from edge.polling import DevicePoller, PointOutcome
 from edge.publisher import Publisher
 from edge.spool import SpoolMessage
@@ -29,14 +30,14 @@ log = logging.getLogger(__name__)
 
 _STATE_FLUSH_S = 5.0
 
+# Polling health only: value, quality and time belong to the ingester, which writes them from the
+# readings that actually reached the database. A failed read marks the point bad until the next reading.
 _UPSERT_STATE = """
-INSERT INTO point_state AS s (site_id, point_id, value, quality, time, last_poll, error_count,
-                              last_error, last_error_at)
-VALUES (%(site)s, %(pid)s, %(value)s, %(quality)s, %(time)s, %(polled)s, %(errors)s, %(error)s,
+INSERT INTO point_state AS s (site_id, point_id, quality, last_poll, error_count, last_error, last_error_at)
+VALUES (%(site)s, %(pid)s, %(bad)s, %(polled)s, %(errors)s, %(error)s,
         CASE WHEN %(error)s::text IS NULL THEN NULL ELSE %(polled)s END)
 ON CONFLICT (site_id, point_id) DO UPDATE SET
-    value = coalesce(EXCLUDED.value, s.value), quality = coalesce(EXCLUDED.quality, s.quality),
-    time = coalesce(EXCLUDED.time, s.time), last_poll = EXCLUDED.last_poll,
+    quality = coalesce(EXCLUDED.quality, s.quality), last_poll = EXCLUDED.last_poll,
     error_count = s.error_count + EXCLUDED.error_count,
     last_error = coalesce(EXCLUDED.last_error, s.last_error),
     last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at)
@@ -58,21 +59,18 @@ class PointStateWriter:
             for o in outcomes:
                 row = self._pending.get(o.point_id)
                 errors = (row["errors"] if row else 0) + (1 if o.error else 0)
-                r = o.reading
                 self._pending[o.point_id] = {
                     "site": self.site_id,
                     "pid": o.point_id,
-                    "value": r.value if r and isinstance(r.value, (int, float)) else None,
-                    "quality": r.quality if r else "bad",
-                    "time": r.timestamp if r else None,
+                    "bad": "bad" if o.error else None,
                     "polled": o.polled_at,
                     "errors": errors,
                     "error": o.error,
                 }
 
     def flush(self) -> int:
-        with self._lock:
-            rows, self._pending = list(self._pending.values()), {}
+        with self._lock:  # in point order, as the ingester updates point_state: no deadlocks
+            rows, self._pending = [self._pending[k] for k in sorted(self._pending)], {}
         if not rows:
             return 0
         try:
@@ -81,9 +79,13 @@ class PointStateWriter:
         except Exception as exc:  # the database being away must not stop polling
             self.failures += 1
             log.warning("point_state not written (%s); will retry", exc)
-            with self._lock:  # keep the newest of each point for the next attempt
+            with self._lock:  # keep the newest of each point, and every error, for the next attempt
                 for row in rows:
-                    self._pending.setdefault(row["pid"], row)
+                    newer = self._pending.get(row["pid"])
+                    if newer:
+                        newer["errors"] += row["errors"]
+                    else:
+                        self._pending[row["pid"]] = row
             return 0
         return len(rows)
 
@@ -95,6 +97,7 @@ class EdgeAgent:
         self.pollers: list[DevicePoller] = []
         self.points: dict[int, PollPoint] = {}
         self.publisher: Publisher | None = None
+        self.ingester: Ingester | None = None
         self.state = PointStateWriter(settings.database.dsn, settings.site.id)
         self.readings_published = 0
         self.started_at = time.time()
@@ -115,6 +118,8 @@ class EdgeAgent:
             self.points = {p.point_id: p for p in points}
             self.publisher = Publisher(s.mqtt, s.site.id, s.spool.path)
             self.publisher.start()
+            if s.ingest.enabled:
+                self.ingester = Ingester(s).start()
             by_device: dict[int, list] = {}
             for p in points:
                 by_device.setdefault(p.device_id, []).append(p)
@@ -133,6 +138,8 @@ class EdgeAgent:
             await asyncio.to_thread(self.state.flush)
             if self.publisher:
                 await asyncio.to_thread(self.publisher.stop, 10.0)
+            if self.ingester:
+                await asyncio.to_thread(self.ingester.stop, 10.0)
             client.close()
 
     def _on_outcomes(self, outcomes: list[PointOutcome]) -> None:
@@ -178,6 +185,7 @@ class EdgeAgent:
             "lateness_p99_s": _p99([x for s in stats for x in s.lateness_s]),
             "state_write_failures": self.state.failures,
             "publisher": self.publisher.stats() if self.publisher else {},
+            "ingest": self.ingester.stats() if self.ingester else {},
         }
 
 

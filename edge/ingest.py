@@ -1,0 +1,559 @@
+"""`bacpipes edge ingest`: MQTT readings into `sensor_readings`, lossless and idempotent.
+
+Delivery contract: a QoS 1 message is acknowledged to the broker only after the transaction holding its
+row (or its reject) has committed. Until then the broker keeps it in our persistent session, so a crash,
+a database outage or a broker restart loses nothing; a redelivery is absorbed by the unique key
+(site_id, point_id, time), and the hourly rollup is fed only from rows the insert really added.
+
+Threads: paho's network thread only queues messages; one writer thread batches (1,000 messages or
+200 ms), parses, writes in one transaction and acks. The in-memory backlog is bounded by the broker's
+in-flight window (`max_inflight_messages`): an unacked message holds a slot, so while the database is
+away the broker stops sending and queues the rest in the session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from bacpipes.contracts import reading_filter, topic_segment
+from bacpipes.db import connect
+from bacpipes.mqtt import connect_async, make_client
+from bacpipes.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 1000
+BATCH_WAIT_S = 0.2
+MAX_PAYLOAD = 64 * 1024  # one reading is ~200 bytes: anything this big is a mistake or an attack
+MAX_BATCH_PAYLOAD = 4 * 1024 * 1024  # a batch message carries one equipment's points
+MAX_FUTURE = timedelta(minutes=5)  # clock skew we tolerate; beyond it a timestamp is a broken clock
+MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # an unset controller clock reports 1970 or year 0
+POINT_REFRESH_S = 5.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
+QUALITIES = frozenset({"good", "uncertain", "bad"})
+UNKNOWN_POINT = "unknown point"
+
+
+# --- parsing (pure) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PointMap:
+    """The site's points as the parser needs them: valid ids, and topic -> id for foreign publishers."""
+
+    ids: frozenset[int] = frozenset()
+    topics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    time: datetime  # aware, UTC
+    point_id: int
+    value: float
+    quality: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    topic: str
+    payload: bytes
+    reason: str
+
+    @property
+    def unknown_point(self) -> bool:
+        return UNKNOWN_POINT in self.reason
+
+
+class _Bad(ValueError):
+    """A reading that cannot be stored; the message is the reason written to ingest_rejects."""
+
+
+def is_batch_topic(topic: str) -> bool:
+    return topic.endswith("/batch")
+
+
+def parse_message(
+    topic: str, payload: bytes, points: PointMap, now: datetime | None = None
+) -> Row | Reject:
+    """One reading message (`{site}/{equip}/{object}/presentValue`) -> the row to store, or why not.
+
+    Never raises: whatever a publisher sends must end as a Row or a Reject, or the ingester stops.
+    """
+    try:
+        if len(payload) > MAX_PAYLOAD:
+            raise _Bad(f"payload too large: {len(payload)} bytes > {MAX_PAYLOAD}")
+        return _row(_json_object(payload), topic, points, now or datetime.now(UTC))
+    except _Bad as exc:
+        return Reject(topic, _kept(payload), str(exc))
+    except Exception as exc:
+        return Reject(topic, _kept(payload), f"unparseable: {type(exc).__name__}: {exc}")
+
+
+def parse_batch(
+    topic: str, payload: bytes, points: PointMap, now: datetime | None = None
+) -> list[Row | Reject]:
+    """A batch message (`{"readings": [...]}`): each reading stands or falls on its own."""
+    try:
+        if len(payload) > MAX_BATCH_PAYLOAD:
+            raise _Bad(f"payload too large: {len(payload)} bytes > {MAX_BATCH_PAYLOAD}")
+        items = _json_object(payload).get("readings")
+        if not isinstance(items, list):
+            raise _Bad("batch without a 'readings' list")
+    except _Bad as exc:
+        return [Reject(topic, _kept(payload), str(exc))]
+    except Exception as exc:
+        return [Reject(topic, _kept(payload), f"unparseable: {type(exc).__name__}: {exc}")]
+    now = now or datetime.now(UTC)
+    return [_batch_item(topic, i, item, points, now) for i, item in enumerate(items)]
+
+
+def parse_any(
+    topic: str, payload: bytes, points: PointMap, now: datetime | None = None
+) -> list[Row | Reject]:
+    """Whatever arrives on the ingester's subscriptions, by topic shape."""
+    if is_batch_topic(topic):
+        return parse_batch(topic, payload, points, now)
+    return [parse_message(topic, payload, points, now)]
+
+
+def _batch_item(topic: str, index: int, item: Any, points: PointMap, now: datetime) -> Row | Reject:
+    try:
+        if not isinstance(item, dict):
+            raise _Bad("reading is not a JSON object")
+        if item.get("pointId") is None:
+            raise _Bad("batch reading without pointId")  # the batch topic names no point
+        return _row(item, topic, points, now)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, _Bad) else f"unparseable: {type(exc).__name__}: {exc}"
+        return Reject(topic, _reading_bytes(item), f"readings[{index}]: {reason}")
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _Bad(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _Bad(f"payload is a JSON {type(body).__name__}, not an object")
+    return body
+
+
+def _row(body: dict[str, Any], topic: str, points: PointMap, now: datetime) -> Row:
+    return Row(_timestamp(body, now), _point_id(body, topic, points), _value(body), _quality(body))
+
+
+def _point_id(body: dict[str, Any], topic: str, points: PointMap) -> int:
+    raw = body.get("pointId")
+    if raw is None:
+        if topic in points.topics:
+            return points.topics[topic]
+        raise _Bad(f"{UNKNOWN_POINT}: no pointId and no point has topic {topic!r}")
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _Bad(f"pointId must be an integer, not {raw!r:.80}")
+    if raw not in points.ids:
+        raise _Bad(f"{UNKNOWN_POINT}: pointId {raw} is not a point of this site")
+    return raw
+
+
+def _value(body: dict[str, Any]) -> float:
+    """Numbers only; JSON true/false are stored as 1/0, as the agent itself publishes binary points."""
+    if "value" not in body or body["value"] is None:
+        raise _Bad("missing value")
+    raw = body["value"]
+    if not isinstance(raw, (int, float)):  # bool is an int
+        raise _Bad(f"value is not a number: {raw!r:.80}")
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise _Bad("value out of range for double precision") from None
+    if not math.isfinite(value):
+        raise _Bad(f"value is not finite: {value}")
+    return value
+
+
+def _timestamp(body: dict[str, Any], now: datetime) -> datetime:
+    raw = body.get("timestamp")
+    if not isinstance(raw, str):
+        raise _Bad("missing timestamp" if raw is None else f"timestamp is not a string: {raw!r:.80}")
+    try:
+        ts = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _Bad(f"unparseable timestamp {raw!r:.80}") from None
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise _Bad(f"timestamp without UTC offset: {raw!r:.80}")
+    try:
+        ts = ts.astimezone(UTC)
+    except OverflowError:
+        raise _Bad(f"timestamp out of range: {raw!r:.80}") from None
+    if ts > now + MAX_FUTURE:
+        raise _Bad(f"timestamp in the future: {raw} (now {now.isoformat(timespec='seconds')})")
+    if ts < MIN_TIME:
+        raise _Bad(f"timestamp before {MIN_TIME.year}: {raw!r:.80}")
+    return ts
+
+
+def _quality(body: dict[str, Any]) -> str:
+    raw = body.get("quality")
+    if raw is None:
+        return "good"  # foreign publishers rarely say; the agent always does
+    if raw not in QUALITIES:
+        raise _Bad(f"quality must be good, uncertain or bad, not {raw!r:.80}")
+    return raw
+
+
+def _kept(payload: bytes) -> bytes:
+    """What ingest_rejects stores: enough to diagnose, never an attacker-sized blob."""
+    return bytes(payload[:MAX_PAYLOAD])
+
+
+def _reading_bytes(item: Any) -> bytes:
+    try:
+        return json.dumps(item, separators=(",", ":"))[:MAX_PAYLOAD].encode()
+    except (ValueError, TypeError, RecursionError):
+        return repr(item)[:MAX_PAYLOAD].encode(errors="replace")
+
+
+# --- database ------------------------------------------------------------------------------------
+
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_stage ("
+    " time timestamptz, point_id bigint, value double precision, quality text) ON COMMIT DELETE ROWS"
+)
+_COPY = "COPY ingest_stage (time, point_id, value, quality) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["timestamptz", "int8", "float8", "text"]
+
+# One statement, so the rollup and point_state see exactly the rows the insert added.
+_MOVE = """
+WITH ins AS (
+    INSERT INTO sensor_readings (time, site_id, point_id, value, quality)
+    SELECT time, %(site)s, point_id, value, quality FROM ingest_stage
+    ON CONFLICT DO NOTHING
+    RETURNING time, point_id, value, quality
+), hourly AS (
+    INSERT INTO readings_hourly AS h (site_id, point_id, hour, sum, count, min, max)
+    SELECT %(site)s, point_id, date_trunc('hour', time, 'UTC'), sum(value), count(*), min(value), max(value)
+    FROM ins GROUP BY point_id, date_trunc('hour', time, 'UTC')
+    ON CONFLICT (site_id, point_id, hour) DO UPDATE SET
+        sum = h.sum + EXCLUDED.sum, count = h.count + EXCLUDED.count,
+        min = least(h.min, EXCLUDED.min), max = greatest(h.max, EXCLUDED.max)
+), latest AS (
+    SELECT DISTINCT ON (point_id) point_id, time, value, quality FROM ins ORDER BY point_id, time DESC
+), state AS (
+    INSERT INTO point_state AS s (site_id, point_id, value, quality, time)
+    SELECT %(site)s, point_id, value, quality, time FROM latest ORDER BY point_id
+    ON CONFLICT (site_id, point_id) DO UPDATE SET
+        value = EXCLUDED.value, quality = EXCLUDED.quality, time = EXCLUDED.time
+    WHERE s.time IS NULL OR s.time < EXCLUDED.time
+)
+SELECT count(*) FROM ins
+"""
+
+_REJECT = "INSERT INTO ingest_rejects (site_id, topic, payload, reason) VALUES (%s, %s, %s, %s)"
+
+# the database is away (or restarting, or a deadlock): worth retrying the same batch
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def load_points(conn: psycopg.Connection, site_id: str) -> PointMap:
+    rows = conn.execute("SELECT point_id, topic FROM point WHERE site_id = %s", (site_id,)).fetchall()
+    conn.commit()
+    return PointMap(frozenset(r[0] for r in rows), {r[1]: r[0] for r in rows if r[1]})
+
+
+def prepare(conn: psycopg.Connection) -> psycopg.Connection:
+    """Per connection: the staging table write_batch copies into (temporary, emptied at commit)."""
+    conn.execute(_STAGE)
+    conn.commit()
+    return conn
+
+
+def write_batch(
+    conn: psycopg.Connection, site_id: str, rows: Sequence[Row], rejects: Sequence[Reject]
+) -> int:
+    """Store one batch in one transaction; returns how many rows were new (the rest were duplicates).
+
+    `conn` must have been through `prepare` (the staging table is per session).
+    """
+    inserted = 0
+    with conn.transaction(), conn.cursor() as cur:
+        if rows:
+            with cur.copy(_COPY) as copy:
+                copy.set_types(_COPY_TYPES)
+                for r in rows:
+                    copy.write_row((r.time, r.point_id, r.value, r.quality))
+            cur.execute(_MOVE, {"site": site_id})
+            inserted = cur.fetchone()[0]  # type: ignore[index]
+        if rejects:
+            cur.executemany(_REJECT, [(site_id, j.topic, j.payload, j.reason) for j in rejects])
+    return inserted
+
+
+# --- the ingester --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int  # which connection delivered it: a mid is only meaningful on that connection
+
+
+@dataclass(slots=True)
+class IngestStats:
+    received: int = 0
+    rows_inserted: int = 0
+    duplicates: int = 0
+    rejects: int = 0
+    batches: int = 0
+    acked: int = 0
+    ack_skipped: int = 0  # delivered on a connection since lost: the broker redelivers them
+    db_errors: int = 0
+    connected: bool = False
+    last_commit_at: float | None = None
+
+
+class Ingester:
+    """Subscribes to the site's readings and stores them; `start()`, then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.site_id = settings.site.id
+        self.filters = [reading_filter(self.site_id), f"{topic_segment(self.site_id)}/+/batch"]
+        self._inbox: queue.Queue[_Message] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # generation vs acks
+        self._generation = 0
+        self._stats = IngestStats()
+        self._points = PointMap()
+        self._points_at = -math.inf
+        self._conn: psycopg.Connection | None = None
+        self._client = make_client(settings.mqtt, f"{settings.mqtt.client_id}-ingest", persistent=True)
+        self._client.manual_ack_set(True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._subscribed = False
+        self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+
+    # lifecycle
+
+    def start(self) -> Ingester:
+        connect_async(self._client, self.settings.mqtt)
+        self._client.loop_start()
+        self._writer.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand (if the database lets us within `timeout`), then leave the session.
+
+        Whatever is not committed by then stays unacked in the broker's session for the next start.
+        """
+        self._stop.set()
+        if self._writer.is_alive():
+            self._writer.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._conn is not None:
+            self._conn.close()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out = asdict(self._stats)
+        out["pending"] = self._inbox.qsize()
+        return out
+
+    # paho callbacks (network thread): never block, never touch the database
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the ingester: %s", reason_code)
+            return
+        with self._lock:
+            self._generation += 1
+            self._stats.connected = True
+        # A kept session has its subscriptions, and resubscribing replays every retained reading (absorbed
+        # as duplicates, but wasted). Still subscribe once per process: a session created by a CONNECT
+        # whose SUBSCRIBE never reached the broker would otherwise stay silent forever.
+        if not (flags.session_present and self._subscribed):
+            client.subscribe([(f, 1) for f in self.filters])
+        log.info("ingester connected (session present: %s)", flags.session_present)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("broker refused the ingester's subscriptions %s: %s", self.filters, failed)
+        self._subscribed = not failed
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._generation += 1
+            self._stats.connected = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self._stats.received += 1
+        self._inbox.put(_Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
+
+    # writer thread
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._collect()
+            if batch:
+                self._store(batch)
+        leftover = self._collect(wait=0.0)
+        if leftover:  # a clean stop commits what arrived, if the database is there
+            self._store(leftover, persist=False)
+
+    def _collect(self, wait: float = BATCH_WAIT_S) -> list[_Message]:
+        """Up to BATCH_MAX messages: the first may wait for `wait`, the rest until BATCH_WAIT_S after it."""
+        try:
+            batch = [self._inbox.get(timeout=wait) if wait else self._inbox.get_nowait()]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + BATCH_WAIT_S
+        while len(batch) < BATCH_MAX:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
+                batch.append(item)
+            except queue.Empty:
+                break
+        return batch
+
+    def _store(self, batch: list[_Message], *, persist: bool = True) -> bool:
+        """Write the batch until it commits, then ack it; never ack before. False: given up, unacked.
+
+        Transient failures (database away) retry the same batch with backoff, forever or until stop.
+        A batch the database refuses outright (e.g. a point deleted under us) is re-parsed against
+        fresh points, and after a second refusal stored as rejects, so it cannot wedge the session.
+        """
+        delay = BACKOFF_MIN_S
+        refused = 0
+        while True:
+            try:
+                self._write(batch, refuse_all=refused >= 2)
+                self._ack(batch)
+                return True
+            except TRANSIENT as exc:
+                self._failed(exc, "database unavailable")
+            except psycopg.Error as exc:
+                refused += 1
+                self._points_at = -math.inf
+                self._failed(exc, "batch refused")
+            if not persist or self._stop.wait(delay):
+                return False  # unacked: the broker redelivers on the next start
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        with self._lock:
+            self._stats.db_errors += 1
+        log.warning("%s (%s): %s; batch kept, not acked", what, type(exc).__name__, str(exc).strip())
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            self._conn.close()
+            self._conn = None
+
+    def _write(self, batch: list[_Message], refuse_all: bool = False) -> None:
+        conn = self._connection()
+        rows, rejects = self._parse(conn, batch)
+        if refuse_all:  # the database keeps refusing valid-looking rows: keep them, visibly, as rejects
+            rejects = [Reject(m.topic, _kept(m.payload), "database refused the batch") for m in batch]
+            rows = []
+        inserted = write_batch(conn, self.site_id, rows, rejects)
+        with self._lock:
+            s = self._stats
+            s.batches += 1
+            s.rows_inserted += inserted
+            s.duplicates += len(rows) - inserted
+            s.rejects += len(rejects)
+            s.last_commit_at = time.time()
+        if rejects:
+            log.info("rejected %d reading(s), e.g. %s: %s", len(rejects), rejects[0].topic, rejects[0].reason)
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = prepare(connect(self.settings.database.dsn))
+            self._points_at = -math.inf  # points may have changed while we were away
+        return self._conn
+
+    def _parse(self, conn: psycopg.Connection, batch: Iterable[_Message]) -> tuple[list[Row], list[Reject]]:
+        if self._points_at == -math.inf:
+            self._refresh_points(conn)
+        results = [r for m in batch for r in parse_any(m.topic, m.payload, self._points)]
+        if any(isinstance(r, Reject) and r.unknown_point for r in results) and self._refresh_due():
+            self._refresh_points(conn)
+            results = [r for m in batch for r in parse_any(m.topic, m.payload, self._points)]
+        rows = [r for r in results if isinstance(r, Row)]
+        return rows, [r for r in results if isinstance(r, Reject)]
+
+    def _refresh_due(self) -> bool:
+        return time.monotonic() - self._points_at >= POINT_REFRESH_S
+
+    def _refresh_points(self, conn: psycopg.Connection) -> None:
+        self._points = load_points(conn, self.site_id)
+        self._points_at = time.monotonic()
+
+    def _ack(self, batch: list[_Message]) -> None:
+        with self._lock:
+            acked = skipped = 0
+            for m in batch:
+                if m.generation != self._generation:
+                    skipped += 1  # its connection is gone; the broker will redeliver (a harmless duplicate)
+                    continue
+                self._client.ack(m.mid, m.qos)
+                acked += 1
+            self._stats.acked += acked
+            self._stats.ack_skipped += skipped
+
+
+def run_ingest(settings: Settings) -> None:
+    """Ingest until SIGTERM/SIGINT, then commit the batch in hand and leave the session to the broker."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    ingester = Ingester(settings).start()
+    log.info("ingesting %s into %s", ", ".join(ingester.filters), settings.site.id)
+    try:
+        while not done.wait(60):
+            log.info("ingest: %s", ingester.stats())
+    finally:
+        ingester.stop(10)
