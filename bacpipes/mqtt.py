@@ -68,7 +68,6 @@ def make_client(
         clean_session=not persistent,
         protocol=mqtt.MQTTv311,
     )
-    client.enable_logger(logging.getLogger(f"{__name__}.{client_id}"))
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     if tls:
