@@ -6,14 +6,11 @@ reconnect policy; building the client in one place keeps them from drifting apar
 
 from __future__ import annotations
 
-import logging
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
 from bacpipes.settings import MqttSettings
-
-log = logging.getLogger(__name__)
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
