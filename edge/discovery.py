@@ -13,7 +13,14 @@ from typing import Any
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from bacpipes.settings import Settings
-from edge.bacnet import BacnetClient, BacnetError, PeerInfo, expand_targets, gather_limited
+from edge.bacnet import (
+    BacnetClient,
+    BacnetError,
+    PeerInfo,
+    expand_targets,
+    gather_limited,
+    rpm_batch_size,
+)
 from edge.catalog import DiscoveredDevice, DiscoveredPoint, record_discovery
 
 log = logging.getLogger(__name__)
@@ -97,7 +104,7 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
     return device
 
 
-async def discover(client: BacnetClient, settings: Settings, dsn: str | None = None) -> DiscoveryReport:
+async def discover(client: BacnetClient, settings: Settings) -> DiscoveryReport:
     """Find, read and record every reachable device; one dead device is an error line, not a failure."""
     report = DiscoveryReport()
     peers = await find_peers(client, settings)
@@ -108,7 +115,7 @@ async def discover(client: BacnetClient, settings: Settings, dsn: str | None = N
         else:
             report.errors[peer.device_id] = result
     answered = [p.device_id for p in peers]
-    counts = record_discovery(dsn or settings.database.dsn, settings.site.id, report.devices, answered)
+    counts = record_discovery(settings.database.dsn, settings.site.id, report.devices, answered)
     report.new_points, report.missing_points = counts
     return report
 
@@ -126,7 +133,7 @@ async def _read_props(
 ) -> dict[ObjectIdentifier, dict[str, Any]]:
     """RPM in APDU-sized batches; per-object ReadProperty for a device that refuses RPM."""
     out: dict[ObjectIdentifier, dict[str, Any]] = {}
-    batch = max(1, (peer.max_apdu - 16) // _OBJECT_ANSWER_BYTES)
+    batch = rpm_batch_size(peer.max_apdu, _OBJECT_ANSWER_BYTES)
     for start in range(0, len(objects), batch):
         chunk = objects[start : start + batch]
         try:
