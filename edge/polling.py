@@ -7,6 +7,7 @@ A 30 s point is read at :00 and :30; a missed slot is skipped, not caught up in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ import numpy as np
 from bacpypes3.primitivedata import Double, ObjectIdentifier, Real
 
 from bacpipes.contracts import Quality, Reading
-from edge.bacnet import BacnetClient, BacnetError, PeerInfo, rpm_batch_size
+from edge.bacnet import BacnetClient, BacnetError, rpm_batch_size
 from edge.catalog import PollDevice, PollPoint
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ class DevicePoller:
         self.stats = DeviceStats()
         self.use_rpm = True
         self.failures = 0
-        peer = PeerInfo(device.device_id, device.address, device.max_apdu, device.segmentation, 0)
-        self.batch_size = rpm_batch_size(peer)
+        self.batch_size = rpm_batch_size(device.max_apdu)
         now = time.time()
         self.due = {p.point_id: next_slot(p.interval_s, now) for p in points}
 
@@ -220,7 +220,13 @@ class DevicePoller:
 
 
 def _oid(point: PollPoint) -> ObjectIdentifier:
-    return ObjectIdentifier((point.object_type, point.object_instance))
+    return _object_identifier(point.object_type, point.object_instance)
+
+
+@functools.cache
+def _object_identifier(object_type: str, instance: int) -> ObjectIdentifier:
+    """Built once per object, not twice per poll: bacpypes3 parses the type name every time."""
+    return ObjectIdentifier((object_type, instance))
 
 
 def _is_no_response(exc: BaseException) -> bool:
