@@ -143,24 +143,21 @@ class EdgeAgent:
             client.close()
 
     def _on_outcomes(self, outcomes: list[PointOutcome]) -> None:
-        messages = []
-        by_equip: dict[str, list[Reading]] = defaultdict(list)
-        for o in outcomes:
-            if o.reading is None:
-                continue
-            point = self.points[o.point_id]
-            messages.append(SpoolMessage(point.topic, o.reading.payload(), point.qos, True))
-            by_equip[point.topic.split("/")[1]].append(o.reading)
+        readings = [(self.points[o.point_id], o.reading) for o in outcomes if o.reading is not None]
+        messages = [SpoolMessage(p.topic, r.payload(), p.qos, True) for p, r in readings]
         if self.settings.mqtt.batch_per_equipment:
-            site = self.settings.site.id
-            messages += [
-                SpoolMessage(batch_topic(site, equip), batch_payload(rs), 1, False)
-                for equip, rs in by_equip.items()
-            ]
+            messages += self._batch_messages(readings)
         if messages and self.publisher:
             self.publisher.submit(messages)
-            self.readings_published += sum(len(rs) for rs in by_equip.values())
+            self.readings_published += len(readings)
         self.state.add(outcomes)
+
+    def _batch_messages(self, readings: list[tuple[PollPoint, Reading]]) -> list[SpoolMessage]:
+        by_equip: dict[str, list[Reading]] = defaultdict(list)
+        for point, reading in readings:
+            by_equip[point.topic.split("/")[1]].append(reading)
+        site = self.settings.site.id
+        return [SpoolMessage(batch_topic(site, e), batch_payload(rs), 1, False) for e, rs in by_equip.items()]
 
     async def _housekeeping(self) -> None:
         last_health = 0.0
