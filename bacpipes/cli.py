@@ -14,18 +14,15 @@ from bacpipes.settings import load_settings
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    from bacpipes.db import connect, ensure_database, migrate
-    from bacpipes.partitions import ensure_partitions
+    from bacpipes.db import prepare_database
 
-    settings = load_settings(args.config)
-    if ensure_database(settings.database.dsn):
+    setup = prepare_database(load_settings(args.config).database.dsn)
+    if setup.created:
         print("created database")
-    applied = migrate(settings.database.dsn)
+    applied = setup.applied
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
-    with connect(settings.database.dsn, autocommit=True) as conn:
-        created = ensure_partitions(conn)
-    if created:
-        print(f"created {len(created)} daily partition(s) ahead")
+    if setup.partitions:
+        print(f"created {len(setup.partitions)} daily partition(s) ahead")
     return 0
 
 

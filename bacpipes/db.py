@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from bacpipes.partitions import ensure_partitions
 
 _MIGRATION_LOCK = 0x0BAC_0001
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
@@ -68,3 +71,18 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
+
+
+class DatabaseSetup(NamedTuple):
+    created: bool
+    applied: list[str]
+    partitions: list[str]
+
+
+def prepare_database(dsn: str) -> DatabaseSetup:
+    """Create the database if missing, migrate it, and create the daily partitions ahead."""
+    created = ensure_database(dsn)
+    applied = migrate(dsn)
+    with connect(dsn, autocommit=True) as conn:
+        partitions = ensure_partitions(conn)
+    return DatabaseSetup(created, applied, partitions)

@@ -15,9 +15,8 @@ import threading
 import time
 
 from bacpipes.contracts import reading_filter
-from bacpipes.db import connect, ensure_database, migrate
+from bacpipes.db import prepare_database
 from bacpipes.mqtt import connect_async, make_client
-from bacpipes.partitions import ensure_partitions
 from bacpipes.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,7 @@ def run_demo(devices: int = 3, seconds: float | None = None, interval_s: float =
 
     settings = load_settings(None, polling={"default_interval_s": interval_s})
     print(f"site {settings.site.id}: database {settings.database.dsn}, broker {settings.mqtt.url}")
-    ensure_database(settings.database.dsn)
-    migrate(settings.database.dsn)
-    with connect(settings.database.dsn, autocommit=True) as conn:
-        ensure_partitions(conn)
+    prepare_database(settings.database.dsn)
 
     building = ThreadedBuilding(devices=devices, address_base="127.0.0.10", seed=1, speed=60.0)
     building.start()
