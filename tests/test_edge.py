@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from bacpipes.contracts import health_topic, reading_filter
+from bacpipes.settings import BacnetSettings
 from edge.bacnet import BacnetClient, BacnetError, make_application
 from edge.discovery import discover
 from edge.points import update_points
@@ -217,10 +218,7 @@ def test_unknown_object_and_refused_write_are_reported_not_fatal(db_dsn, broker,
 
 
 async def _write_to_analog_input() -> str:
-    from tests.conftest import make_settings as _ms
-
-    settings = _ms("postgresql://unused", "mqtt://127.0.0.1:1", Path("/tmp"))
-    client = BacnetClient(make_application(settings.bacnet))
+    client = BacnetClient(make_application(BacnetSettings(apdu_timeout_ms=500, apdu_retries=0)))
     try:
         await client.write(BASE, "analog-input,1", "present-value", 12.0)
     except BacnetError as exc:
