@@ -80,6 +80,16 @@ class IngestSettings(BaseModel):
     enabled: bool = True  # run the MQTT -> PostgreSQL ingester inside `bacpipes edge run`
 
 
+class WriteSettings(BaseModel):
+    enabled: bool = True  # `bacpipes edge run` executes write commands
+    command_topic: str = "bacnet/write/command"
+    result_topic: str = "bacnet/write/result"
+    allow_life_safety: bool = False  # priorities 1-2
+    ml_priority: int = Field(8, ge=3, le=16)
+    poll_interval_s: float = Field(5.0, gt=0)  # safety net beside LISTEN/NOTIFY
+    pending_window_h: float = Field(24.0, gt=0)  # older commands that never ran are not looked at
+
+
 class SpoolSettings(BaseModel):
     path: str = "var/spool.sqlite"
 
@@ -95,6 +105,7 @@ class Settings(BaseSettings):
     polling: PollingSettings = PollingSettings()
     spool: SpoolSettings = SpoolSettings()
     ingest: IngestSettings = IngestSettings()
+    writes: WriteSettings = WriteSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -20,7 +21,9 @@ from bacpipes.db import connect
 from bacpipes.settings import Settings
 from edge.bacnet import BacnetClient, make_application
 from edge.catalog import PollPoint, load_poll_plan
+from edge.command_mqtt import CommandSubscriber
 from edge.discovery import discover
+from edge.executor import Executor, Result
 from edge.ingest import Ingester
 from edge.polling import DevicePoller, PointOutcome
 from edge.publisher import Publisher
@@ -98,6 +101,8 @@ class EdgeAgent:
         self.points: dict[int, PollPoint] = {}
         self.publisher: Publisher | None = None
         self.ingester: Ingester | None = None
+        self.executor: Executor | None = None
+        self.commands: CommandSubscriber | None = None
         self.state = PointStateWriter(settings.database.dsn, settings.site.id)
         self.readings_published = 0
         self.started_at = time.time()
@@ -120,6 +125,12 @@ class EdgeAgent:
             self.publisher.start()
             if s.ingest.enabled:
                 self.ingester = Ingester(s).start()
+            if s.writes.enabled:
+                self.executor = Executor(s, client, self._publish_result)
+                executor = self.executor
+                self.commands = CommandSubscriber(
+                    s, asyncio.get_running_loop(), lambda payload: executor.intake_mqtt(payload, "mqtt")
+                ).start()
             by_device: dict[int, list] = {}
             for p in points:
                 by_device.setdefault(p.device_id, []).append(p)
@@ -133,8 +144,12 @@ class EdgeAgent:
             log.info("polling %d points on %d devices", len(points), len(self.pollers))
             tasks = [asyncio.create_task(p.run(self.stop_event)) for p in self.pollers]
             tasks.append(asyncio.create_task(self._housekeeping()))
+            if self.executor:
+                tasks.append(asyncio.create_task(self.executor.run(self.stop_event)))
             await asyncio.gather(*tasks)
         finally:
+            if self.commands:
+                await asyncio.to_thread(self.commands.stop)
             await asyncio.to_thread(self.state.flush)
             if self.publisher:
                 await asyncio.to_thread(self.publisher.stop, 10.0)
@@ -151,6 +166,11 @@ class EdgeAgent:
             self.publisher.submit(messages)
             self.readings_published += len(readings)
         self.state.add(outcomes)
+
+    def _publish_result(self, result: Result) -> None:
+        if self.publisher:
+            payload = json.dumps(result, separators=(",", ":")).encode()
+            self.publisher.submit([SpoolMessage(self.settings.writes.result_topic, payload, 1, False)])
 
     def _batch_messages(self, readings: list[tuple[PollPoint, Reading]]) -> list[SpoolMessage]:
         by_equip: dict[str, list[Reading]] = defaultdict(list)

@@ -16,6 +16,8 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from bacpypes3.primitivedata import ObjectIdentifier
+
 from sim.bbmd import make_bbmd
 from sim.devices import FIRST_INSTANCE, SimDevice
 from sim.objects import SimApplication
@@ -233,6 +235,18 @@ class ThreadedBuilding:
 
     def describe(self) -> list[tuple[int, str, int]]:
         return self.vb.describe()
+
+    def object_property(self, instance: int, objid: str, prop: str) -> Any:
+        """A property straight from a device's memory: what a test checks a write against."""
+
+        def read() -> Any:
+            app = self.vb.device(instance).app
+            obj = app.get_object_id(ObjectIdentifier(objid)) if app else None
+            if obj is None:
+                raise KeyError(f"device {instance} has no object {objid}")
+            return getattr(obj, prop)
+
+        return self._call(_run(read))
 
     def __enter__(self) -> ThreadedBuilding:
         return self.start()
