@@ -12,6 +12,11 @@ import psycopg
 
 from bacpipes.settings import load_settings
 
+WRITE_LIMIT_ARGS = {
+    "min_value": "--min", "max_value": "--max", "ml_min_value": "--ml-min", "ml_max_value": "--ml-max",
+    "ml_max_step": "--ml-step",
+}
+
 
 def _db_migrate(args: argparse.Namespace) -> int:
     from bacpipes.db import prepare_database
@@ -117,8 +122,62 @@ def _points_set(args: argparse.Namespace) -> int:
         interval_s=args.interval,
         qos=args.qos,
         tags=args.tag or [],
+        limits={c: getattr(args, c) for c in WRITE_LIMIT_ARGS if getattr(args, c) is not None},
     )
     print(f"updated {count} point(s)")
+    return 0
+
+
+def _write(args: argparse.Namespace) -> int:
+    """Queue a command for the site's agent and wait for its outcome (the agent does the writing)."""
+    import getpass
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from bacpipes.commands import TERMINAL, Command, command_status, insert_command
+    from bacpipes.db import connect
+
+    if args.release == (args.value is not None):
+        raise ValueError("give either --value or --release")
+    settings = load_settings(args.config)
+    command = Command(
+        settings.site.id, args.point, args.value, priority=args.priority, release=args.release,
+        source="cli", created_by=f"cli:{getpass.getuser()}", reason=args.reason,
+        not_after=datetime.now(UTC) + timedelta(seconds=args.wait),  # never run later than we wait
+    )
+    with connect(settings.database.dsn) as conn:
+        command_id = insert_command(conn, command)
+        deadline = time.monotonic() + args.wait
+        while (status := command_status(conn, command_id)) and status["status"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                print(f"command {command_id}: no agent ran it within {args.wait:g} s; it expires unrun")
+                return 1
+            time.sleep(0.1)
+    assert status is not None
+    if status["status"] == "completed":
+        print(f"command {command_id}: completed; present value now {status['value_read']}")
+        return 0
+    print(f"command {command_id}: {status['status']}: {status['error_message']}")
+    return 1
+
+
+def _authority(args: argparse.Namespace) -> int:
+    import getpass
+    from datetime import timedelta
+
+    from bacpipes.commands import current_authority, grant_remote, revoke_remote
+    from bacpipes.db import connect
+
+    settings = load_settings(args.config)
+    site, who = settings.site.id, f"cli:{getpass.getuser()}"
+    with connect(settings.database.dsn) as conn:
+        if args.action == "grant":
+            grant_remote(conn, site, timedelta(minutes=args.minutes), who, args.reason)
+        elif args.action == "revoke":
+            revoke_remote(conn, site, who, args.reason)
+        mode, until = current_authority(conn, site)
+    until_text = f" until {until:%Y-%m-%d %H:%M:%S %Z}" if until else ""
+    print(f"site {site}: control authority {mode}{until_text}")
     return 0
 
 
@@ -179,7 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
     pset.add_argument("--interval", type=float)
     pset.add_argument("--qos", type=int, choices=[0, 1, 2])
     pset.add_argument("--tag", action="append", help="key=value (empty value removes the tag)")
+    for column, flag in WRITE_LIMIT_ARGS.items():
+        pset.add_argument(flag, dest=column, metavar="N|none", help=f"write limit {column}")
     pset.set_defaults(func=_points_set)
+
+    write = with_config(sub.add_parser("write", help="write or release a point through the site's agent"))
+    write.add_argument("--point", type=int, required=True, help="point id")
+    write.add_argument("--value", type=float)
+    write.add_argument("--priority", type=int, default=8, help="BACnet priority 1-16 (default 8)")
+    write.add_argument("--release", action="store_true", help="relinquish the priority instead")
+    write.add_argument("--reason")
+    write.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the agent")
+    write.set_defaults(func=_write)
+
+    authority = with_config(sub.add_parser("authority", help="who may write: the site, or remote too"))
+    authority.add_argument("action", choices=["show", "grant", "revoke"])
+    authority.add_argument("--minutes", type=float, default=60.0, help="length of a remote grant")
+    authority.add_argument("--reason")
+    authority.set_defaults(func=_authority)
     return parser
 
 

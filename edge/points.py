@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Any
 
+import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from bacpipes.db import connect
@@ -57,6 +60,23 @@ def parse_tags(pairs: list[str]) -> dict[str, str | None]:
     return tags
 
 
+WRITE_LIMITS = ("min_value", "max_value", "ml_min_value", "ml_max_value", "ml_max_step")
+
+
+def _limit(column: str, text: str) -> float | None:
+    if column not in WRITE_LIMITS:
+        raise ValueError(f"unknown write limit {column!r}; one of {', '.join(WRITE_LIMITS)}")
+    if text.strip().lower() in ("none", ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{column} must be a number or 'none', not {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{column} must be finite, not {text!r}")
+    return value
+
+
 def update_points(
     settings: Settings,
     *,
@@ -67,11 +87,16 @@ def update_points(
     interval_s: float | None = None,
     qos: int | None = None,
     tags: list[str] | None = None,
+    limits: dict[str, str] | None = None,
 ) -> int:
-    """Apply operator settings to the selected points; these survive rediscovery."""
+    """Apply operator settings to the selected points; these survive rediscovery.
+
+    `limits` maps WRITE_LIMITS columns to a number, or to "none" to remove that limit.
+    """
     if interval_s is not None and interval_s <= 0:
         raise ValueError("interval must be positive")
     tag_edits = parse_tags(tags or [])
+    limit_edits = {column: _limit(column, text) for column, text in (limits or {}).items()}
     site = settings.site.id
     with connect(settings.database.dsn) as conn, conn.cursor() as cur:
         ids = [r[0] for r in _selected(cur, site, device, match, object_type)]
@@ -91,6 +116,16 @@ def update_points(
             cur.execute(
                 "UPDATE point SET qos = %s WHERE site_id = %s AND point_id = ANY(%s)", (qos, site, ids)
             )
+        for column, value in limit_edits.items():
+            try:
+                cur.execute(
+                    sql.SQL("UPDATE point SET {} = %s WHERE site_id = %s AND point_id = ANY(%s)").format(
+                        sql.Identifier(column)
+                    ),
+                    (value, site, ids),
+                )
+            except psycopg.errors.CheckViolation:
+                raise ValueError(f"{column} = {value} would put a minimum above its maximum") from None
         if tag_edits:
             removed = [k for k, v in tag_edits.items() if v is None]
             added = {k: v for k, v in tag_edits.items() if v is not None}

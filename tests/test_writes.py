@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -385,3 +388,36 @@ def test_parse_mqtt_command_never_raises() -> None:
     for raw in (b"", b"\xff\xfe", b"null", b'{"pointId": true, "value": 1}', b'{"priority": 99999999}'):
         command, problem = parse_mqtt_command("s", raw, "mqtt")
         assert command.source == "mqtt" and problem
+
+
+def bacpipes(db_dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BACPIPES_DATABASE__DSN": db_dsn}
+    return subprocess.run([sys.executable, "-m", "bacpipes.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_sets_limits_writes_and_grants_authority(building, db_dsn, broker, tmp_path):
+    settings = site_settings(db_dsn, broker.url, tmp_path)
+    discover_site(settings)
+    sp = point_id(db_dsn, 1001, SETPOINT)
+    limits = bacpipes(db_dsn, "edge", "points", "set", "--device", "1001", "--type", "analog-value",
+                      "--match", "*CLG-SP", "--min", "17", "--max", "28")
+    assert limits.returncode == 0 and "updated 1 point(s)" in limits.stdout, limits.stderr
+    upside_down = bacpipes(db_dsn, "edge", "points", "set", "--device", "1001", "--min", "40", "--max", "30")
+    assert upside_down.returncode == 2 and "minimum above its maximum" in upside_down.stderr
+    with ready_agent(settings):
+        ok = bacpipes(db_dsn, "write", "--point", str(sp), "--value", "22.5", "--reason", "test")
+        assert ok.returncode == 0 and "completed; present value now 22.5" in ok.stdout, ok.stdout + ok.stderr
+        high = bacpipes(db_dsn, "write", "--point", str(sp), "--value", "29")
+        assert high.returncode == 1 and "above the point's maximum 28" in high.stdout
+        both = bacpipes(db_dsn, "write", "--point", str(sp), "--value", "20", "--release")
+        assert both.returncode == 2 and "either --value or --release" in both.stderr
+        released = bacpipes(db_dsn, "write", "--point", str(sp), "--release")
+        assert released.returncode == 0 and "present value now 24" in released.stdout
+    idle = bacpipes(db_dsn, "write", "--point", str(sp), "--value", "21", "--wait", "1")
+    assert idle.returncode == 1 and "no agent ran it" in idle.stdout
+    granted = bacpipes(db_dsn, "authority", "grant", "--minutes", "5", "--reason", "trial")
+    assert granted.returncode == 0 and "control authority remote until" in granted.stdout
+    revoked = bacpipes(db_dsn, "authority", "revoke")
+    assert revoked.returncode == 0 and "control authority edge" in revoked.stdout
+    assert slots(building, 1001, SETPOINT) == [None] * 16
