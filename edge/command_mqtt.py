@@ -1,4 +1,5 @@
-"""`bacnet/write/command` over MQTT: each message handed to the executor on the agent's event loop.
+"""`bacnet/write/command` over MQTT: each message handed to the executor on the agent's event loop,
+each outcome published to `bacnet/write/result`.
 
 A shared subscription (`$share/...`), so with two agents on one site the broker gives each command to
 one of them; the database claim would stop a double execution anyway, but not a double insert.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -49,6 +51,12 @@ class CommandSubscriber:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def publish_result(self, result: dict[str, Any]) -> None:
+        """Straight out, not through the spool: a result is for whoever waits now (< 50 ms), and the
+        database keeps the record of every command anyway."""
+        payload = json.dumps(result, separators=(",", ":"))
+        self.client.publish(self.settings.writes.result_topic, payload, qos=1)
 
     def _on_connect(
         self,

@@ -122,9 +122,9 @@ class Executor:
             notified = asyncio.create_task(self._forward_notifies(listener))
             try:
                 while not stop.is_set():
+                    self._wake.clear()  # before the scan: a notify during it wakes the next round
                     while await self.run_pending():
                         pass
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
                             _first(self._wake.wait(), stop.wait(), notified),

@@ -80,6 +80,7 @@ class MosquittoBroker:
             f"persistence_location {data}/",
             "max_queued_messages 0",  # 0 = unlimited
             "max_inflight_messages 1000",
+            "set_tcp_nodelay true",  # as deploy/mosquitto.conf: write commands and results are tiny
             "log_dest file " + str(self.log_path),
             "log_type error",
             "log_type warning",

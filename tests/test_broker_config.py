@@ -105,8 +105,10 @@ def test_read_only_user_cannot_publish(site_broker: MosquittoBroker) -> None:
 
 
 def test_agent_cannot_command_and_only_agent_reads_commands(site_broker: MosquittoBroker) -> None:
+    # the agent subscribes as edge.command_mqtt does: a shared subscription, one agent per command
+    shared = f"$share/bacpipes-{SITE}/bacnet/write/command"
     with collector(site_broker, "viewer", "bacnet/write/#") as viewer, \
-            collector(site_broker, "bacpipes-agent", "bacnet/write/command") as agent:
+            collector(site_broker, "bacpipes-agent", shared) as agent:
         publish(site_broker, "bacpipes-agent", "bacnet/write/command", b"self-command")
         publish(site_broker, "bacpipes-operator", "bacnet/write/command", b"real command")
         publish(site_broker, "bacpipes-agent", "bacnet/write/result", b"result")
