@@ -201,6 +201,7 @@ class EdgeAgent:
             "state_write_failures": self.state.failures,
             "publisher": self.publisher.stats() if self.publisher else {},
             "ingest": self.ingester.stats() if self.ingester else {},
+            "writes": self.executor.stats() if self.executor else {},
         }
 
 

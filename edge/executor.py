@@ -105,8 +105,8 @@ class Executor:
                 delay = 1.0
         await self._close()
 
-    def wake(self) -> None:
-        self._wake.set()
+    def stats(self) -> dict[str, int]:
+        return {"completed": self.completed, "rejected": self.rejected, "failed": self.failed}
 
     async def _serve(self, stop: asyncio.Event) -> None:
         self._conn = await psycopg.AsyncConnection.connect(
@@ -153,7 +153,14 @@ class Executor:
         window = timedelta(hours=self.settings.writes.pending_window_h)
         rows = await self._fetch(_PENDING, self.site_id, window)
         for row in rows:
-            await self.execute(Pending(**row))
+            command = Pending(**row)
+            try:
+                await self.execute(command)
+            except psycopg.OperationalError:
+                raise  # the database is away: reconnect, the command is still pending
+            except Exception as exc:  # a bug must not stop every later command, nor retry this one forever
+                log.exception("command %s: unexpected error", command.id)
+                await self._finish(command, "failed", f"internal error in the executor: {exc!r:.200}")
         return len(rows)
 
     async def execute(self, command: Pending) -> None:
@@ -174,7 +181,7 @@ class Executor:
                 command.priority,
             )
         except (BacnetError, TimeoutError) as exc:
-            await self._finish(command, "failed", f"device {target.device_id} refused the write: {exc}")
+            await self._finish(command, "failed", f"write to device {target.device_id} failed: {_plain(exc)}")
             return
         value_read, slots = await self._read_back(target)
         await self._finish(command, "completed", None, value_read, slots)
@@ -309,6 +316,11 @@ class Executor:
             await self._finish(_as_pending(command), "rejected", problem)
         else:
             self._wake.set()
+
+
+def _plain(exc: BaseException) -> str:
+    text = str(exc)
+    return "the device did not answer (offline or unreachable)" if "no-response" in text else text
 
 
 def _as_pending(command: Command) -> Pending:

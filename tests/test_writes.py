@@ -219,6 +219,7 @@ BAD_MQTT = [
     ({"pointId": "{sp}", "value": "cold"}, "value is not a number"),
     ({"pointId": "{sp}"}, "missing value"),
     ({"pointId": "{sp}", "value": 40}, "above the point's maximum 30"),
+    ({"pointId": "{sp}", "value": float("nan")}, "value is not finite"),
     ({"pointId": "{sp}", "value": 20, "priority": 0}, "priority must be 1 to 16, not 0"),
     ({"pointId": "{sp}", "value": 20, "priority": 17}, "priority must be 1 to 16, not 17"),
     ({"pointId": "{sp}", "value": 20, "priority": 1}, "reserved for life safety"),
@@ -421,3 +422,20 @@ def test_cli_sets_limits_writes_and_grants_authority(building, db_dsn, broker, t
     revoked = bacpipes(db_dsn, "authority", "revoke")
     assert revoked.returncode == 0 and "control authority edge" in revoked.stdout
     assert slots(building, 1001, SETPOINT) == [None] * 16
+
+
+def test_a_dead_device_fails_the_command_clearly_and_the_next_one_runs(building, db_dsn, broker, tmp_path):
+    settings = site_settings(db_dsn, broker.url, tmp_path)
+    discover_site(settings)
+    dead, alive = point_id(db_dsn, 1002, SETPOINT), point_id(db_dsn, 1001, SETPOINT)
+    with ready_agent(settings) as agent, psycopg.connect(db_dsn) as conn:
+        building.stop_device(1002)
+        lost = insert_command(conn, Command(settings.site.id, dead, 22.0, source="ui", created_by="t"))
+        fine = insert_command(conn, Command(settings.site.id, alive, 22.0, source="ui", created_by="t"))
+        failed, done = wait_outcome(db_dsn, lost), wait_outcome(db_dsn, fine)
+        assert agent.health()["writes"] == {"completed": 1, "rejected": 0, "failed": 1}
+    assert failed["status"] == "failed", failed
+    assert failed["error_message"] == (
+        "write to device 1002 failed: the device did not answer (offline or unreachable)"
+    )
+    assert done["status"] == "completed" and slots(building, 1001, SETPOINT)[7] == 22.0
