@@ -181,6 +181,79 @@ def _authority(args: argparse.Namespace) -> int:
     return 0
 
 
+def _central_init(args: argparse.Namespace) -> int:
+    from central.setup import init_central
+
+    setup, retention = init_central(load_settings(args.config))
+    print(f"applied {len(setup.applied)} migration(s); {retention.summary()}")
+    return 0
+
+
+def _central_status(args: argparse.Namespace) -> int:
+    from bacpipes.db import connect
+    from bacpipes.replication import central_status
+
+    settings = load_settings(args.config)
+    with connect(settings.database.dsn) as conn:
+        links = central_status(conn)
+    if not links:
+        print("no sites linked")
+    worst = 0
+    for link in links:
+        problems = link.problems(settings.replication.lag_alert_s)
+        worst = max(worst, 1 if problems else 0)
+        lag = "-" if link.lag_s is None else f"{link.lag_s:.1f} s"
+        print(f"{link.site_id}: lag {lag}, {link.lag_bytes or 0} bytes, slot {link.slot_wal_status or '?'}, "
+              f"last reading {link.last_reading or '-'}"
+              + (f"  ALERT: {'; '.join(problems)}" if problems else "  ok"))
+    return worst
+
+
+def _site_link(args: argparse.Namespace) -> int:
+    from bacpipes import replication
+
+    site, central = load_settings(args.site_config), load_settings(args.central_config)
+    action = {"link": replication.link, "unlink": replication.unlink}[args.site_command]
+    for step in action(site, central):
+        print(step)
+    return 0
+
+
+def _site_status(args: argparse.Namespace) -> int:
+    from bacpipes.db import connect
+    from bacpipes.replication import site_slots
+
+    with connect(load_settings(args.config).database.dsn) as conn:
+        slots = site_slots(conn)
+    for slot in slots:
+        print(f"slot {slot['slot_name']}: {slot['wal_status']}, active={slot['active']}, "
+              f"{slot['lag_bytes']} bytes behind, safe_wal_size={slot['safe_wal_size']}")
+    if not slots:
+        print("no replication slots: not linked")
+    return 1 if any(s["wal_status"] == "lost" for s in slots) else 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bacpipes import certs
+    from bacpipes.replication import CENTRAL_ROLE, site_role
+
+    out = Path(args.out)
+    certs.ensure_ca(out)
+    certs.issue_server(out, "central", args.central_host)
+    certs.issue_client(out, CENTRAL_ROLE)
+    for site_id, host in (s.split("=", 1) for s in args.site):
+        certs.issue_server(out, f"site-{site_id}", [host])
+        certs.issue_client(out, site_role(site_id))
+    print(f"certificates in {out}: copy ca.crt, the server's own pair and the client pair its")
+    print("subscription uses to each host; postgresql.conf and pg_hba.conf lines:")
+    print(certs.hba_lines([site_role(s.split("=", 1)[0]) for s in args.site]))
+    for key, value in certs.server_settings(out, "central").items():
+        print(f"{key} = '{value}'")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bacpipes.demo import run_demo
 
@@ -256,6 +329,31 @@ def build_parser() -> argparse.ArgumentParser:
     authority.add_argument("--minutes", type=float, default=60.0, help="length of a remote grant")
     authority.add_argument("--reason")
     authority.set_defaults(func=_authority)
+
+    central = sub.add_parser("central").add_subparsers(dest="central_command", required=True)
+    with_config(central.add_parser("init", help="prepare the central database")).set_defaults(
+        func=_central_init
+    )
+    with_config(central.add_parser("status", help="replication lag and health per site")).set_defaults(
+        func=_central_status
+    )
+
+    site = sub.add_parser("site").add_subparsers(dest="site_command", required=True)
+    for name, text in (("link", "connect a site and central both ways (safe to re-run)"),
+                       ("unlink", "undo link; central keeps the history it has")):
+        p = site.add_parser(name, help=text)
+        p.add_argument("--site-config", required=True)
+        p.add_argument("--central-config", required=True)
+        p.set_defaults(func=_site_link)
+    with_config(site.add_parser("status", help="this site's replication slots")).set_defaults(
+        func=_site_status
+    )
+
+    certs = sub.add_parser("certs", help="a CA, server and client certificates for central and sites")
+    certs.add_argument("--out", required=True, help="directory (the CA in it is reused, never replaced)")
+    certs.add_argument("--central-host", action="append", required=True, help="name/IP sites use for central")
+    certs.add_argument("--site", action="append", default=[], metavar="SITE_ID=HOST")
+    certs.set_defaults(func=_certs)
     return parser
 
 

@@ -90,6 +90,25 @@ class WriteSettings(BaseModel):
     pending_window_h: float = Field(24.0, gt=0)  # older commands that never ran are not looked at
 
 
+class ReplicationSettings(BaseModel):
+    """How the *other* database reaches this one, and where this host keeps its client certificate.
+
+    host/port default to the database DSN's; certs_dir holds ca.crt and the client cert/key this side's
+    subscription presents (readable by the PostgreSQL server user of this host).
+    """
+
+    host: str | None = None
+    port: int | None = None
+    certs_dir: str = "/etc/bacpipes/certs"
+    max_slot_wal_keep_size: str = "2GB"  # a slot never holds more WAL than this: the disk cannot fill
+    lag_alert_s: float = 300.0  # the seed's alert: replication lag > 5 min
+    heartbeat_s: float = 10.0
+
+
+class CentralSettings(BaseModel):
+    retention_days: int = Field(30, ge=1, le=366)
+
+
 class SpoolSettings(BaseModel):
     path: str = "var/spool.sqlite"
 
@@ -106,6 +125,8 @@ class Settings(BaseSettings):
     spool: SpoolSettings = SpoolSettings()
     ingest: IngestSettings = IngestSettings()
     writes: WriteSettings = WriteSettings()
+    replication: ReplicationSettings = ReplicationSettings()
+    central: CentralSettings = CentralSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,7 @@ from typing import Any
 
 from bacpipes.contracts import Reading, batch_payload, batch_topic
 from bacpipes.db import connect
+from bacpipes.replication import heartbeat
 from bacpipes.settings import Settings
 from edge.bacnet import BacnetClient, make_application
 from edge.catalog import PollPoint, load_poll_plan
@@ -178,14 +179,25 @@ class EdgeAgent:
         return [SpoolMessage(batch_topic(site, e), batch_payload(rs), 1, False) for e, rs in by_equip.items()]
 
     async def _housekeeping(self) -> None:
-        last_health = 0.0
+        last_health = last_heartbeat = 0.0
         while not self.stop_event.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=_STATE_FLUSH_S)
             await asyncio.to_thread(self.state.flush)
+            if time.time() - last_heartbeat >= self.settings.replication.heartbeat_s:
+                await asyncio.to_thread(self._heartbeat)
+                last_heartbeat = time.time()
             if self.publisher and time.time() - last_health >= self.settings.mqtt.health_interval_s:
                 self.publisher.publish_health(self.health())
                 last_health = time.time()
+
+    def _heartbeat(self) -> None:
+        """Central measures replication lag by this row's age when it arrives there."""
+        try:
+            with connect(self.settings.database.dsn) as conn:
+                heartbeat(conn, self.settings.site.id)
+        except Exception as exc:  # the database being away must not stop polling
+            log.warning("replication heartbeat not written: %s", exc)
 
     def health(self) -> dict[str, Any]:
         stats = [p.stats for p in self.pollers]

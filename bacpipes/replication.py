@@ -1,0 +1,290 @@
+"""Linking a site database and the central database with PostgreSQL logical replication.
+
+Site -> central: `sensor_readings` (inserts only, through the partition root, so site retention's
+DROP PARTITION never reaches central) and the small tables (device, point, command_events,
+site_heartbeat). Central -> site: `write_commands` rows for that site only (a row filter). No table is
+published both ways, so nothing loops. Every connection is TLS 1.3 with a client certificate, checked by
+name (`sslmode=verify-full`); the roles may replicate and read only what they replicate.
+
+Everything here is idempotent: `link` checks before it creates, `unlink` drops only what exists.
+Shared by the `bacpipes site …` and `bacpipes central …` commands; it talks SQL, not BACnet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from bacpipes.certs import client_conninfo
+from bacpipes.db import connect
+from bacpipes.settings import Settings
+
+READINGS_PUBLICATION = "bacpipes_readings"
+META_PUBLICATION = "bacpipes_meta"
+META_TABLES = ("device", "point", "command_events", "site_heartbeat")
+CENTRAL_ROLE = "bacpipes_central"  # how central logs in to every site
+COMMANDS_SUBSCRIPTION = "bacpipes_commands"  # the site's subscription to central
+
+
+def slug(site_id: str) -> str:
+    """A site id as it may appear in role, slot and publication names."""
+    return re.sub(r"[^a-z0-9_]", "_", site_id.lower())[:40]
+
+
+def site_role(site_id: str) -> str:
+    return f"bacpipes_site_{slug(site_id)}"
+
+
+def commands_publication(site_id: str) -> str:
+    return f"bacpipes_commands_{slug(site_id)}"
+
+
+def readings_subscription(site_id: str) -> str:
+    return f"bacpipes_{slug(site_id)}_readings"
+
+
+def meta_subscription(site_id: str) -> str:
+    return f"bacpipes_{slug(site_id)}_meta"
+
+
+def conninfo_to(target: Settings, subscriber: Settings, user: str) -> str:
+    """How `subscriber`'s server reaches `target`'s database: target's public endpoint, with the
+    subscriber host's client certificate for `user` (paths on the subscriber's machine)."""
+    params = conninfo_to_dict(target.database.dsn)
+    return client_conninfo(
+        Path(subscriber.replication.certs_dir),
+        user,
+        host=target.replication.host or str(params.get("host", "127.0.0.1")),
+        port=target.replication.port or int(params.get("port", 5432)),
+        dbname=str(params.get("dbname", "postgres")),
+    )
+
+
+@dataclass
+class Steps:
+    """What a command did, for the operator to read."""
+
+    done: list[str] = field(default_factory=list)
+
+    def __call__(self, text: str) -> None:
+        self.done.append(text)
+
+
+# --- site side ------------------------------------------------------------------------------------
+
+HEARTBEAT = """
+INSERT INTO site_heartbeat AS h (site_id, at, wal_lsn, latest_reading, slots)
+SELECT %(site)s, clock_timestamp(), pg_current_wal_lsn(),
+       (SELECT max(time) FROM point_state WHERE site_id = %(site)s),
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'slot', slot_name, 'active', active, 'wal_status', wal_status,
+                    'safe_wal_size', safe_wal_size, 'confirmed_flush_lsn', confirmed_flush_lsn))
+                 FROM pg_replication_slots WHERE slot_name LIKE 'bacpipes%%'), '[]')
+ON CONFLICT (site_id) DO UPDATE SET at = EXCLUDED.at, wal_lsn = EXCLUDED.wal_lsn,
+    latest_reading = EXCLUDED.latest_reading, slots = EXCLUDED.slots
+"""
+
+
+def heartbeat(conn: psycopg.Connection, site_id: str) -> None:
+    """Tell central (through the replication stream itself) where the site is; the agent calls this."""
+    conn.execute(HEARTBEAT, {"site": site_id})
+    conn.commit()
+
+
+def site_slots(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """The site's replication slots as the site sees them: wal_status 'lost' means central must resync."""
+    cur = conn.execute(
+        "SELECT slot_name, active, wal_status, safe_wal_size,"
+        " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes"
+        " FROM pg_replication_slots WHERE slot_name LIKE 'bacpipes%' ORDER BY slot_name"
+    )
+    names = [c.name for c in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _require_logical(conn: psycopg.Connection, which: str) -> None:
+    level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+    if level != "logical":
+        raise RuntimeError(f"{which} database has wal_level={level}: set wal_level = logical and restart it")
+
+
+def _ensure_role(conn: psycopg.Connection, role: str, tables: tuple[str, ...], say: Steps) -> None:
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role)))
+        say(f"created role {role} (login, replication; certificate authentication only)")
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in tables), sql.Identifier(role)
+        )
+    )
+
+
+def _has(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool:
+    query = sql.SQL("SELECT 1 FROM {} WHERE {} = %s").format(sql.Identifier(catalog), sql.Identifier(column))
+    return conn.execute(query, (name,)).fetchone() is not None
+
+
+def _ensure_publication(conn: psycopg.Connection, name: str, definition: sql.Composable, say: Steps) -> None:
+    if not _has(conn, "pg_publication", "pubname", name):
+        conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(sql.Identifier(name)) + definition)
+        say(f"created publication {name}")
+
+
+def _ensure_subscription(
+    conn: psycopg.Connection, name: str, conninfo: str, publication: str, say: Steps, slot: str | None = None
+) -> None:
+    """`slot`: the slot's name on the publisher, which must be unique there (default: `name`)."""
+    if _has(conn, "pg_subscription", "subname", name):
+        return
+    conn.execute(
+        sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {})").format(
+            sql.Identifier(name), sql.Literal(conninfo), sql.Identifier(publication),
+            sql.Literal(slot or name),
+        )
+    )
+    say(f"created subscription {name}")
+
+
+def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps) -> None:
+    """Drop it and its slot on the publisher; if the publisher is unreachable, leave the slot behind."""
+    if not _has(conn, "pg_subscription", "subname", name):
+        return
+    ident = sql.Identifier(name)
+    try:
+        conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        raise
+    except psycopg.OperationalError:
+        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+        conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+        say(f"publisher unreachable: its slot {name} must be dropped there")
+    say(f"dropped subscription {name}")
+
+
+@contextmanager
+def _both(site: Settings, central: Settings) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]:
+    site_dsn, central_dsn = site.database.dsn, central.database.dsn
+    with connect(site_dsn, autocommit=True) as s, connect(central_dsn, autocommit=True) as c:
+        yield s, c
+
+
+def link(site: Settings, central: Settings) -> list[str]:
+    """Connect one site and central both ways. Safe to re-run."""
+    say = Steps()
+    site_id = site.site.id
+    with _both(site, central) as (s, c):
+        _require_logical(s, "the site")
+        _require_logical(c, "the central")
+        s.execute(
+            sql.SQL("ALTER SYSTEM SET max_slot_wal_keep_size = {}").format(
+                sql.Literal(site.replication.max_slot_wal_keep_size)
+            )
+        )
+        s.execute("SELECT pg_reload_conf()")
+        _ensure_role(s, CENTRAL_ROLE, ("sensor_readings", *META_TABLES), say)
+        _ensure_publication(
+            s, READINGS_PUBLICATION,
+            sql.SQL("FOR TABLE sensor_readings WITH (publish = 'insert', publish_via_partition_root = true)"),
+            say,
+        )
+        _ensure_publication(
+            s, META_PUBLICATION,
+            sql.SQL("FOR TABLE {} WITH (publish = 'insert, update, delete')").format(
+                sql.SQL(", ").join(sql.Identifier(t) for t in META_TABLES)
+            ),
+            say,
+        )
+        heartbeat(s, site_id)
+
+        c.execute(
+            "INSERT INTO site (site_id, readings_subscription, meta_subscription) VALUES (%s, %s, %s)"
+            " ON CONFLICT (site_id) DO NOTHING",
+            (site_id, readings_subscription(site_id), meta_subscription(site_id)),
+        )
+        _ensure_role(c, site_role(site_id), ("write_commands",), say)
+        _ensure_publication(
+            c, commands_publication(site_id),
+            sql.SQL("FOR TABLE write_commands WHERE (site_id = {}) WITH (publish = 'insert')").format(
+                sql.Literal(site_id)
+            ),
+            say,
+        )
+        to_site = conninfo_to(site, central, CENTRAL_ROLE)
+        _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
+        _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)
+        to_central = conninfo_to(central, site, site_role(site_id))
+        publication = commands_publication(site_id)
+        _ensure_subscription(s, COMMANDS_SUBSCRIPTION, to_central, publication, say, slot=publication)
+    return say.done or ["already linked: nothing to do"]
+
+
+def unlink(site: Settings, central: Settings) -> list[str]:
+    """Undo `link`. History already on central stays there."""
+    say = Steps()
+    site_id = site.site.id
+    with _both(site, central) as (s, c):
+        _drop_subscription(s, COMMANDS_SUBSCRIPTION, say)
+        for name in (readings_subscription(site_id), meta_subscription(site_id)):
+            _drop_subscription(c, name, say)
+        for conn, publications in ((c, [commands_publication(site_id)]),
+                                   (s, [READINGS_PUBLICATION, META_PUBLICATION])):
+            for name in publications:
+                if _has(conn, "pg_publication", "pubname", name):
+                    conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+                    say(f"dropped publication {name}")
+        for conn, role in ((c, site_role(site_id)), (s, CENTRAL_ROLE)):
+            if _has(conn, "pg_roles", "rolname", role):
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+                say(f"dropped role {role}")
+        c.execute("DELETE FROM site WHERE site_id = %s", (site_id,))
+    return say.done or ["not linked: nothing to do"]
+
+
+# --- central side --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteLink:
+    site_id: str
+    readings_worker_alive: bool
+    meta_worker_alive: bool
+    heartbeat_at: datetime | None
+    lag_s: float | None
+    lag_bytes: int | None
+    slot_wal_status: str | None
+    last_reading: datetime | None
+    linked_at: datetime
+    resynced_at: datetime | None
+
+    def problems(self, lag_alert_s: float) -> list[str]:
+        out = []
+        if not (self.readings_worker_alive and self.meta_worker_alive):
+            out.append("subscription worker not running (site unreachable, or its slot lost: `site resync`)")
+        if self.lag_s is None:
+            out.append("no heartbeat from the site yet")
+        elif self.lag_s > lag_alert_s:
+            out.append(f"replication lag {self.lag_s:.0f} s > {lag_alert_s:.0f} s")
+        if self.slot_wal_status in ("unreserved", "lost"):
+            out.append(f"the site's slot is {self.slot_wal_status}")
+        return out
+
+
+def central_status(conn: psycopg.Connection) -> list[SiteLink]:
+    cur = conn.execute(
+        "SELECT site_id, readings_worker_alive, meta_worker_alive, heartbeat_at, lag_s::float8,"
+        " lag_bytes::bigint, slot_wal_status, last_reading, linked_at, resynced_at"
+        " FROM replication_status ORDER BY site_id"
+    )
+    return [SiteLink(*row) for row in cur.fetchall()]
