@@ -213,7 +213,9 @@ def _site_link(args: argparse.Namespace) -> int:
     from bacpipes import replication
 
     site, central = load_settings(args.site_config), load_settings(args.central_config)
-    action = {"link": replication.link, "unlink": replication.unlink}[args.site_command]
+    action = {"link": replication.link, "unlink": replication.unlink, "resync": replication.resync}[
+        args.site_command
+    ]
     for step in action(site, central):
         print(step)
     return 0
@@ -340,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     site = sub.add_parser("site").add_subparsers(dest="site_command", required=True)
     for name, text in (("link", "connect a site and central both ways (safe to re-run)"),
-                       ("unlink", "undo link; central keeps the history it has")):
+                       ("unlink", "undo link; central keeps the history it has"),
+                       ("resync", "after a lost slot: reconnect and backfill the gap, no full copy")):
         p = site.add_parser(name, help=text)
         p.add_argument("--site-config", required=True)
         p.add_argument("--central-config", required=True)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,68 @@ def unlink(site: Settings, central: Settings) -> list[str]:
                 say(f"dropped role {role}")
         c.execute("DELETE FROM site WHERE site_id = %s", (site_id,))
     return say.done or ["not linked: nothing to do"]
+
+
+RESYNC_OVERLAP = timedelta(hours=1)  # how far before central's newest reading the backfill looks
+
+
+def resync(site: Settings, central: Settings) -> list[str]:
+    """Reconnect a site whose slots were lost (an outage longer than max_slot_wal_keep_size allowed).
+
+    Not a full copy: with T = central's newest reading from the site, the readings publication is
+    narrowed to `time > T` and a new subscription copies exactly those rows and streams on from its new
+    slot; rows at or before T that central lacks (committed late, after the stream broke) are
+    backfilled directly, skipping what central has. The small tables are copied afresh (central's
+    replica triggers absorb the rows it already holds). A reading older than T that reaches the site
+    after the resync is not replicated.
+    """
+    say = Steps()
+    site_id = site.site.id
+    to_site = conninfo_to(site, central, CENTRAL_ROLE)
+    with _both(site, central) as (s, c):
+        for name in (readings_subscription(site_id), meta_subscription(site_id)):
+            _drop_subscription(c, name, say)
+            if _has(s, "pg_replication_slots", "slot_name", name):
+                s.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                say(f"dropped the site's slot {name}")
+        newest = c.execute(
+            "SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)
+        ).fetchone()[0]  # type: ignore[index]
+        if newest is not None:
+            s.execute(
+                sql.SQL("ALTER PUBLICATION {} SET TABLE sensor_readings WHERE (time > {})").format(
+                    sql.Identifier(READINGS_PUBLICATION), sql.Literal(newest)
+                )
+            )
+            say(f"readings publication narrowed to readings after {newest.isoformat()}")
+        _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
+        _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)
+        if newest is not None:
+            say(f"backfilled {_backfill(s, c, site_id, newest - RESYNC_OVERLAP, newest)} readings")
+        c.execute(
+            "UPDATE site SET resynced_at = now(), resynced_from = %s WHERE site_id = %s", (newest, site_id)
+        )
+    return say.done
+
+
+def _backfill(s: psycopg.Connection, c: psycopg.Connection, site_id: str, after: datetime,
+              upto: datetime) -> int:
+    """Site rows in (after, upto] into central, skipping those central has: binary COPY both ways."""
+    columns = "time, site_id, point_id, value, quality"
+    with c.transaction():
+        c.execute("CREATE TEMP TABLE resync_stage (LIKE sensor_readings) ON COMMIT DROP")
+        out = sql.SQL(
+            "COPY (SELECT {} FROM sensor_readings WHERE site_id = {} AND time > {} AND time <= {})"
+            " TO STDOUT (FORMAT BINARY)"
+        ).format(sql.SQL(columns), sql.Literal(site_id), sql.Literal(after), sql.Literal(upto))
+        with s.cursor().copy(out) as source, c.cursor().copy(
+            f"COPY resync_stage ({columns}) FROM STDIN (FORMAT BINARY)"
+        ) as target:
+            for chunk in source:
+                target.write(chunk)
+        cur = c.execute(f"INSERT INTO sensor_readings ({columns}) SELECT {columns} FROM resync_stage"
+                        " ON CONFLICT DO NOTHING")
+        return cur.rowcount
 
 
 # --- central side --------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -143,8 +145,12 @@ def totals(dsn: str, site_id: str) -> tuple[int, float]:
 
 
 def linked(d: Deployment, site_id: str) -> None:
-    """link(), then wait until every table of every subscription is in sync (state 'r')."""
     link(d.sites[site_id], d.central)
+    wait_synced(d, site_id)
+
+
+def wait_synced(d: Deployment, site_id: str) -> None:
+    """Until every table of every subscription is in sync (state 'r')."""
     for settings in (d.central, d.sites[site_id]):  # autocommit: an open transaction stalls slot creation
         with connect(settings.database.dsn, autocommit=True) as conn:
             wait_until(lambda conn=conn: conn.execute(
@@ -297,3 +303,60 @@ def test_unlink_removes_everything_and_link_works_again(deployment: Deployment) 
     link(a, central)
     insert_readings(a.database.dsn, "site-a", datetime.now(UTC), 100)
     wait_until(lambda: totals(central.database.dsn, "site-a")[0] == 100, 30, "readings after relinking")
+
+
+def write_config(path: Path, settings: Settings, **replication: str) -> Path:
+    r = settings.replication
+    lines = [
+        f'[site]\nid = "{settings.site.id}"',
+        f"[database]\ndsn = '{settings.database.dsn}'",
+        f'[replication]\ncerts_dir = "{r.certs_dir}"\nhost = "{r.host}"\nport = {r.port}',
+        *(f'{key} = "{value}"' for key, value in replication.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bacpipes(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bacpipes.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_lost_slot_is_detected_and_resynced_without_a_gap(deployment: Deployment, tmp_path: Path) -> None:
+    """An outage longer than max_slot_wal_keep_size allows: the site drops the WAL central needed."""
+    a = deployment.sites["site-a"]
+    site_conf = write_config(tmp_path / "site.toml", a, max_slot_wal_keep_size="1MB")
+    central_conf = write_config(tmp_path / "central.toml", deployment.central)
+    assert bacpipes("central", "init", "--config", central_conf).returncode == 0  # idempotent
+    linking = bacpipes("site", "link", "--site-config", site_conf, "--central-config", central_conf)
+    assert linking.returncode == 0 and "created subscription bacpipes_site_a_readings" in linking.stdout
+    wait_synced(deployment, "site-a")
+    start = datetime.now(UTC).replace(hour=0, minute=0)
+    insert_readings(a.database.dsn, "site-a", start, 1000)
+    wait_until(lambda: totals(deployment.central.database.dsn, "site-a")[0] == 1000, 30, "the first rows")
+
+    deployment.central_cluster.stop()
+    for batch in range(4):
+        insert_readings(a.database.dsn, "site-a", start + timedelta(minutes=10 + batch * 90), 50_000)
+    # and 1,000 that arrive late, older than anything central has: only the backfill can bring these
+    insert_readings(a.database.dsn, "site-a", start - timedelta(minutes=30), 1000)
+    with connect(a.database.dsn, autocommit=True) as conn:
+        for _ in range(2):
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+    status = bacpipes("site", "status", "--config", site_conf)
+    assert status.returncode == 1 and "slot bacpipes_site_a_readings: lost" in status.stdout, status.stdout
+    deployment.central_cluster.start()
+    time.sleep(2)
+    alert = bacpipes("central", "status", "--config", central_conf)
+    assert alert.returncode == 1 and "ALERT" in alert.stdout, alert.stdout
+
+    resynced = bacpipes("site", "resync", "--site-config", site_conf, "--central-config", central_conf)
+    assert resynced.returncode == 0, resynced.stderr
+    assert "readings publication narrowed" in resynced.stdout
+    assert "backfilled 1000 readings" in resynced.stdout
+    expected = totals(a.database.dsn, "site-a")
+    wait_until(lambda: totals(deployment.central.database.dsn, "site-a") == expected, 120, "no gap")
+    insert_readings(a.database.dsn, "site-a", start + timedelta(hours=7), 500)  # and the stream flows on
+    wait_until(lambda: totals(deployment.central.database.dsn, "site-a")[0] == expected[0] + 500, 30,
+               "new readings after the resync")
