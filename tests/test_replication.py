@@ -3,16 +3,11 @@ certificates), linked by `bacpipes.replication.link` exactly as `bacpipes site l
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +16,7 @@ import pytest
 
 from bacpipes import certs
 from bacpipes.commands import Command, insert_command
-from bacpipes.db import connect, prepare_database
+from bacpipes.db import connect
 from bacpipes.partitions import apply_retention, create_partition
 from bacpipes.replication import (
     CENTRAL_ROLE,
@@ -32,88 +27,17 @@ from bacpipes.replication import (
     site_slots,
     unlink,
 )
-from bacpipes.settings import Settings, load_settings
-from central.setup import init_central
-from tests.pgcluster import PgCluster
-
-SITES = ("site-a", "site-b")
-
-
-@contextmanager
-def certificate_dir() -> Iterator[Path]:
-    """One CA and every server/client pair, in a directory the postgres server user can read."""
-    directory = Path(tempfile.mkdtemp(prefix="bacpipes-certs-"))
-    try:
-        certs.ensure_ca(directory)
-        for name in ("central", *SITES):
-            certs.issue_server(directory, name, ["127.0.0.1"])
-        for user in (CENTRAL_ROLE, *(site_role(s) for s in SITES)):
-            certs.issue_client(directory, user)
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(directory, pw.pw_uid, pw.pw_gid)
-        certs.chown_for_server(directory)
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def tls_cluster(directory: Path, name: str, replication_users: list[str]) -> PgCluster:
-    cluster = PgCluster(settings={
-        "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
-        "max_logical_replication_workers": "16", "max_worker_processes": "24",  # 2 per linked site, + syncs
-        "wal_sender_timeout": "10s", "wal_receiver_status_interval": "1s",
-        **certs.server_settings(directory, name),
-    })
-    cluster.init()
-    (cluster.data / "pg_hba.conf").write_text(certs.hba_lines(replication_users))
-    return cluster.start()
-
-
-def node_settings(cluster: PgCluster, site_id: str, directory: Path, **extra: dict) -> Settings:
-    dsn = cluster.create_database("bacpipes")
-    return load_settings(
-        None,
-        site={"id": site_id},
-        database={"dsn": dsn},
-        replication={"certs_dir": str(directory), "host": "127.0.0.1", "port": cluster.port,
-                     "heartbeat_s": 1, **extra.get("replication", {})},
-        **{k: v for k, v in extra.items() if k != "replication"},
-    )
-
-
-class Deployment:
-    """central + sites, each a cluster; sites linked to central."""
-
-    def __init__(self, directory: Path, sites: tuple[str, ...]) -> None:
-        self.clusters: list[PgCluster] = []
-        self.central_cluster = self._cluster(directory, "central", [site_role(s) for s in sites])
-        self.central = node_settings(self.central_cluster, "central", directory)
-        init_central(self.central)
-        self.site_clusters: dict[str, PgCluster] = {}
-        self.sites: dict[str, Settings] = {}
-        for site_id in sites:
-            self.site_clusters[site_id] = self._cluster(directory, site_id, [CENTRAL_ROLE])
-            self.sites[site_id] = node_settings(self.site_clusters[site_id], site_id, directory)
-            prepare_database(self.sites[site_id].database.dsn)
-            with connect(self.sites[site_id].database.dsn) as conn:
-                conn.execute("INSERT INTO device (site_id, device_id, address) VALUES (%s, 1, '127.0.0.1')",
-                             (site_id,))
-                conn.execute(
-                    "INSERT INTO point (site_id, point_id, device_id, object_type, object_instance, writable,"
-                    " commandable) SELECT %s, i, 1, 'analog-value', i, true, true"
-                    " FROM generate_series(1, 100) i",
-                    (site_id,),
-                )
-
-    def _cluster(self, directory: Path, name: str, users: list[str]) -> PgCluster:
-        cluster = tls_cluster(directory, name, users)
-        self.clusters.append(cluster)
-        return cluster
-
-    def close(self) -> None:
-        for cluster in self.clusters:
-            cluster.cleanup()
+from bacpipes.settings import Settings
+from tests.replication_harness import (
+    SITES,
+    Deployment,
+    certificate_dir,
+    insert_readings,
+    linked,
+    totals,
+    wait_synced,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -124,50 +48,6 @@ def deployment() -> Iterator[Deployment]:
             yield d
         finally:
             d.close()
-
-
-def insert_readings(dsn: str, site_id: str, start: datetime, count: int, points: int = 100) -> None:
-    """`count` readings, `points` points every 10 s from `start`, by COPY like the ingester."""
-    copy_sql = "COPY sensor_readings (time, site_id, point_id, value) FROM STDIN"
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        for i in range(count):
-            copy.write_row((start + timedelta(seconds=10 * (i // points)), site_id, i % points + 1,
-                            20.0 + (i % 97) / 10))
-
-
-def totals(dsn: str, site_id: str) -> tuple[int, float]:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT count(*), coalesce(round(sum(value)::numeric, 6), 0) FROM sensor_readings"
-            " WHERE site_id = %s", (site_id,)
-        ).fetchone()
-    return row[0], float(row[1])
-
-
-def linked(d: Deployment, site_id: str) -> None:
-    link(d.sites[site_id], d.central)
-    wait_synced(d, site_id)
-
-
-def wait_synced(d: Deployment, site_id: str) -> None:
-    """Until every table of every subscription is in sync (state 'r')."""
-    for settings in (d.central, d.sites[site_id]):  # autocommit: an open transaction stalls slot creation
-        with connect(settings.database.dsn, autocommit=True) as conn:
-            wait_until(lambda conn=conn: conn.execute(
-                "SELECT count(*) FILTER (WHERE srsubstate <> 'r') = 0 AND count(*) > 0"
-                " FROM pg_subscription_rel").fetchone()[0], 60,
-                lambda conn=conn: "the initial sync: " + repr(conn.execute(
-                    "SELECT srsubid, srrelid::regclass, srsubstate FROM pg_subscription_rel").fetchall()))
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {text}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def test_readings_reach_central_and_outlive_site_retention(deployment: Deployment) -> None:
