@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bacpipes.settings import Settings
 from edge.agent import EdgeAgent
+from edge.bacnet import BacnetClient, make_application
+from edge.discovery import discover
 
 
 class AgentThread:
@@ -54,3 +57,26 @@ def running_agent(settings: Settings, discover_first: bool = True) -> Iterator[E
         yield thread.agent
     finally:
         thread.stop()
+
+
+@contextmanager
+def ready_agent(settings: Settings) -> Iterator[EdgeAgent]:
+    """The agent, once its executor listens and its command subscription is in place."""
+    with running_agent(settings, discover_first=False) as agent:
+        deadline = time.monotonic() + 20
+        while not (agent.executor and agent.executor.ready.is_set()
+                   and agent.commands and agent.commands.subscribed.is_set()):
+            assert time.monotonic() < deadline, "agent not ready for commands"
+            time.sleep(0.05)
+        yield agent
+
+
+def discover_site(settings: Settings) -> None:
+    async def main() -> None:
+        client = BacnetClient(make_application(settings.bacnet))
+        try:
+            await discover(client, settings)
+        finally:
+            client.close()
+
+    asyncio.run(main())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ import psycopg
 import pytest
 
 from bacpipes import certs
-from bacpipes.commands import Command, insert_command
+from bacpipes.commands import Command, grant_remote, insert_command
 from bacpipes.db import connect
 from bacpipes.partitions import apply_retention, create_partition
 from bacpipes.replication import (
@@ -28,6 +27,9 @@ from bacpipes.replication import (
     unlink,
 )
 from bacpipes.settings import Settings
+from sim.server import ThreadedBuilding
+from tests.conftest import make_settings
+from tests.edge_harness import discover_site, ready_agent
 from tests.replication_harness import (
     SITES,
     Deployment,
@@ -141,27 +143,35 @@ def test_tls_refuses_every_connection_that_is_not_verified(deployment: Deploymen
             pytest.fail(f"connection with {why} was accepted")
 
 
-def test_command_on_central_reaches_only_its_site_and_events_return(deployment: Deployment) -> None:
+def test_command_on_central_runs_on_its_site_only_and_events_return(deployment: Deployment, broker,
+                                                                     tmp_path: Path) -> None:
+    """Central -> site-a by replication, run by site-a's agent on the building, the trail back to central."""
     central, a, b = deployment.central, deployment.sites["site-a"], deployment.sites["site-b"]
-    link(a, central)
-    link(b, central)
-    command_id = uuid.uuid4()
-    with connect(central.database.dsn) as conn:
-        insert_command(conn, Command("site-a", 7, 22.5, source="central", created_by="central:ops",
-                                     id=command_id))
-    with connect(a.database.dsn, autocommit=True) as site_a, \
-            connect(b.database.dsn, autocommit=True) as site_b:
-        wait_until(lambda: site_a.execute("SELECT count(*) FROM write_commands WHERE id = %s",
-                                          (command_id,)).fetchone()[0] == 1, 30, "the command on site-a")
-        # the site records its outcome (the executor's job; tests/test_writes.py runs it for real)
-        site_a.execute("INSERT INTO command_events (command_id, site_id, status, detail) VALUES"
-                       " (%s, 'site-a', 'rejected', 'control authority is with the site')", (command_id,))
-        time.sleep(1)
-        assert site_b.execute("SELECT count(*) FROM write_commands").fetchone()[0] == 0
-    with connect(central.database.dsn, autocommit=True) as conn:
-        status = "SELECT status FROM write_command_status WHERE id = %s"
-        wait_until(lambda: conn.execute(status, (command_id,)).fetchone()[0] == "rejected", 30,
-                   "the event on central")
+    with connect(a.database.dsn) as conn:  # site-a's catalog comes from discovering its building
+        conn.execute("DELETE FROM point")
+        conn.execute("DELETE FROM device")
+    agent = make_settings(a.database.dsn, broker.url, tmp_path, site={"id": "site-a"},
+                          bacnet={"address": "127.0.0.104/8:47904"},
+                          discovery={"targets": ["127.0.0.150"]}, writes={"poll_interval_s": 1})
+    with ThreadedBuilding(devices=1, address_base="127.0.0.150", seed=1, speed=0) as building:
+        discover_site(agent)
+        linked(deployment, "site-a")
+        linked(deployment, "site-b")
+        with connect(a.database.dsn) as conn:
+            setpoint = conn.execute("SELECT point_id FROM point WHERE object_type = 'analog-value'"
+                                    " AND object_instance = 1").fetchone()[0]
+            grant_remote(conn, "site-a", timedelta(minutes=10), "operator:on-site")
+        with ready_agent(agent), connect(central.database.dsn, autocommit=True) as conn:
+            command_id = insert_command(conn, Command("site-a", setpoint, 21.0, source="central",
+                                                      created_by="central:ops", reason="pre-cool"))
+            status = ("SELECT status, value_read, executed_at IS NOT NULL FROM write_command_status"
+                      " WHERE id = %s")
+            wait_until(lambda: conn.execute(status, (command_id,)).fetchone()[0] == "completed", 30,
+                       "the completed event back on central")
+            assert conn.execute(status, (command_id,)).fetchone() == ("completed", 21.0, True)
+        assert building.object_property(1001, "analog-value,1", "presentValue") == 21.0
+    with connect(b.database.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM write_commands").fetchone()[0] == 0  # site-b saw nothing
 
 
 def test_unlink_removes_everything_and_link_works_again(deployment: Deployment) -> None:

@@ -22,15 +22,13 @@ import pytest
 
 from bacpipes.commands import Command, command_status, grant_remote, insert_command, revoke_remote
 from bacpipes.settings import Settings
-from edge.agent import EdgeAgent
 from edge.bacnet import BacnetClient, make_application
-from edge.discovery import discover
 from edge.executor import parse_mqtt_command
 from edge.writes import slot_value
 from sim.server import ThreadedBuilding
 from tests.brokers import Collector
 from tests.conftest import make_settings
-from tests.edge_harness import running_agent
+from tests.edge_harness import discover_site, ready_agent
 
 BASE = "127.0.0.140"
 AGENT = "127.0.0.102/8:47902"
@@ -52,17 +50,6 @@ def site_settings(db_dsn: str, url: str, tmp_path: Path, agent: str = AGENT, **w
         polling={"default_interval_s": 2},
         writes={"poll_interval_s": 1, **writes},
     )
-
-
-def discover_site(settings: Settings) -> None:
-    async def main() -> None:
-        client = BacnetClient(make_application(settings.bacnet))
-        try:
-            await discover(client, settings)
-        finally:
-            client.close()
-
-    asyncio.run(main())
 
 
 def point_id(dsn: str, device: int, objid: str) -> int:
@@ -130,18 +117,6 @@ class MqttCommander:
         self.client.loop_stop()
         self.client.disconnect()
         self.results.close()
-
-
-@contextmanager
-def ready_agent(settings: Settings) -> Iterator[EdgeAgent]:
-    """The agent, once its executor listens and its command subscription is in place."""
-    with running_agent(settings, discover_first=False) as agent:
-        deadline = time.monotonic() + 20
-        while not (agent.executor and agent.executor.ready.is_set()
-                   and agent.commands and agent.commands.subscribed.is_set()):
-            assert time.monotonic() < deadline, "agent not ready for commands"
-            time.sleep(0.05)
-        yield agent
 
 
 @contextmanager
