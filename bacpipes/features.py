@@ -1,0 +1,58 @@
+"""The one feature builder: training on central and inference on the edge call the same function, so a
+model never sees features computed two different ways.
+
+Input is one zone's readings on a regular grid (`every` apart), columns named by role (ROLES); output is
+one row per instant with the features known at that instant and, for training, the targets one step
+ahead. Time of week is encoded as sine/cosine pairs (smooth, 4 numbers instead of 168 dummies), in the
+site's local time because occupancy follows the local clock.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+# what each column of the input means; the edge maps its points to these by Haystack tags or names
+ROLES = ("zone_temp", "cooling_setpoint", "energy_kw", "occupancy", "outdoor_temp")
+FEATURES = (
+    "how_sin", "how_cos", "hod_sin", "hod_cos",
+    "outdoor_temp", "occupancy", "zone_temp", "zone_temp_lag1", "energy_kw_lag1", "cooling_setpoint",
+)  # fmt: skip
+TARGETS = ("energy_kw_next", "zone_temp_next")
+WEEK_S, DAY_S = 7 * 86400, 86400
+
+
+def build_features(frame: pl.DataFrame, timezone: str, with_targets: bool = True) -> pl.DataFrame:
+    """`frame`: a `time` column (tz-aware) and the ROLES, one row per interval, sorted by time.
+
+    Rows whose lags or targets do not exist (the first and last) or with missing inputs are dropped:
+    a model must not be trained on, or asked about, a half-known instant.
+    """
+    missing = [c for c in ("time", *ROLES) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"feature input lacks column(s) {missing}; expected time and {list(ROLES)}")
+    local = pl.col("time").dt.convert_time_zone(timezone)
+    seconds_of_week = (local.dt.weekday() - 1) * DAY_S + local.dt.hour() * 3600 + local.dt.minute() * 60
+    seconds_of_day = local.dt.hour() * 3600 + local.dt.minute() * 60
+    out = frame.sort("time").with_columns(
+        (2 * math.pi * seconds_of_week / WEEK_S).sin().alias("how_sin"),
+        (2 * math.pi * seconds_of_week / WEEK_S).cos().alias("how_cos"),
+        (2 * math.pi * seconds_of_day / DAY_S).sin().alias("hod_sin"),
+        (2 * math.pi * seconds_of_day / DAY_S).cos().alias("hod_cos"),
+        pl.col("zone_temp").shift(1).alias("zone_temp_lag1"),
+        pl.col("energy_kw").shift(1).alias("energy_kw_lag1"),
+    )
+    columns = ["time", *FEATURES]
+    if with_targets:
+        out = out.with_columns(
+            pl.col("energy_kw").shift(-1).alias("energy_kw_next"),
+            pl.col("zone_temp").shift(-1).alias("zone_temp_next"),
+        )
+        columns += TARGETS
+    return out.select(columns).drop_nulls().filter(pl.all_horizontal(pl.exclude("time").is_finite()))
+
+
+def with_setpoint(features: pl.DataFrame, setpoint: float) -> pl.DataFrame:
+    """The same instant with another cooling setpoint: how the policy asks "what if"."""
+    return features.with_columns(pl.lit(float(setpoint)).alias("cooling_setpoint"))
