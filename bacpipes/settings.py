@@ -105,6 +105,19 @@ class ReplicationSettings(BaseModel):
     heartbeat_s: float = 10.0
 
 
+class MlSettings(BaseModel):
+    """Edge inference: every interval, the deployed model picks a cooling setpoint per zone."""
+
+    enabled: bool = False
+    model: str = "setpoint"
+    interval_s: float = Field(900.0, gt=0)
+    comfort_low_c: float = 22.0
+    comfort_high_c: float = 25.0
+    candidate_step_c: float = Field(0.5, gt=0)
+    stale_after_s: float = Field(1800.0, gt=0)  # inputs older than this: no decision, no write
+    release_after_s: float = Field(3600.0, gt=0)  # no good decision for this long: give the ML priority back
+
+
 class CentralSettings(BaseModel):
     retention_days: int = Field(30, ge=1, le=366)
 
@@ -127,6 +140,7 @@ class Settings(BaseSettings):
     writes: WriteSettings = WriteSettings()
     replication: ReplicationSettings = ReplicationSettings()
     central: CentralSettings = CentralSettings()
+    ml: MlSettings = MlSettings()
 
     @classmethod
     def settings_customise_sources(

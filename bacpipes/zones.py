@@ -1,0 +1,74 @@
+"""Which points play which role for a zone's model, and a zone's readings on a regular grid.
+
+Shared by training (central) and inference (edge), so both read a zone the same way. Roles are found by
+the controller's object names (`<AHU>-ZN-T`, `<AHU>-ZN-CLG-SP`, …, the virtual building's and many
+vendors' convention) with the site's outdoor air temperature (`…-OA-T`) shared by every zone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+import psycopg
+
+from bacpipes.features import ROLES
+from bacpipes.readings import load_readings
+from bacpipes.settings import Settings
+
+SUFFIXES = {
+    "zone_temp": "ZN-T", "cooling_setpoint": "ZN-CLG-SP", "energy_kw": "CLG-KW", "occupancy": "OCC-PCT",
+}
+OUTDOOR_SUFFIX = "OA-T"
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str  # the equipment prefix, e.g. AHU1
+    points: dict[str, int]  # role -> point_id
+    ml_min: float | None
+    ml_max: float | None
+
+    @property
+    def setpoint(self) -> int:
+        return self.points["cooling_setpoint"]
+
+
+def find_zones(conn: psycopg.Connection, site_id: str) -> list[Zone]:
+    rows = conn.execute(
+        "SELECT point_id, object_name, ml_min_value, ml_max_value FROM point"
+        " WHERE site_id = %s AND object_name IS NOT NULL AND missing_since IS NULL",
+        (site_id,),
+    ).fetchall()
+    outdoor = [pid for pid, name, *_ in rows if name.endswith(f"-{OUTDOOR_SUFFIX}")]
+    if not outdoor:
+        return []
+    by_zone: dict[str, dict[str, int]] = {}
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    for pid, name, ml_min, ml_max in rows:
+        prefix, _, suffix = name.partition("-")
+        for role, wanted in SUFFIXES.items():
+            if suffix == wanted:
+                by_zone.setdefault(prefix, {})[role] = pid
+                if role == "cooling_setpoint":
+                    limits[prefix] = (ml_min, ml_max)
+    return [
+        Zone(prefix, {**points, "outdoor_temp": outdoor[0]}, *limits.get(prefix, (None, None)))
+        for prefix, points in sorted(by_zone.items())
+        if len(points) == len(SUFFIXES)
+    ]
+
+
+def zone_frame(
+    zone: Zone, start: datetime, end: datetime, every: timedelta, settings: Settings
+) -> pl.DataFrame:
+    """One row per `every` with each role's mean; occupancy as a 0..1 fraction."""
+    long = load_readings(list(zone.points.values()), start, end, every=every, settings=settings)
+    role_of = pl.DataFrame({"point_id": list(zone.points.values()), "role": list(zone.points.keys())})
+    wide = long.join(role_of, on="point_id").pivot(on="role", index="time", values="value").sort("time")
+    missing = [r for r in ROLES if r not in wide.columns]
+    if missing:
+        return pl.DataFrame(schema={"time": pl.Datetime("us", settings.site.timezone),
+                                    **{r: pl.Float64 for r in ROLES}})
+    return wide.with_columns(pl.col("occupancy") / 100.0).select(["time", *ROLES])

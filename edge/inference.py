@@ -1,0 +1,182 @@
+"""Edge inference: every interval, the deployed model picks each zone's cooling setpoint.
+
+The model arrives as a `model_deployments` row (replicated from central) carrying the ONNX bytes; it is
+loaded only if the bytes hash to the row's sha256, and swapped in without a restart when a newer row
+appears. Shadow mode only logs (`inference_log`); active mode issues `write_commands` with source `ml`
+at the ML priority, through the same executor and checks as every other write.
+
+Fail-safe: stale or missing inputs, a refused or failing model, or no model at all: no write. When the
+model has made no good decision for `ml.release_after_s` (or is switched off), the ML priority is
+released, so the building returns to its own schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+import psycopg
+
+from bacpipes.commands import Command, insert_command
+from bacpipes.db import connect
+from bacpipes.features import FEATURES, build_features, with_setpoint
+from bacpipes.policy import candidates, choose
+from bacpipes.settings import Settings
+from bacpipes.zones import Zone, find_zones, zone_frame
+
+log = logging.getLogger(__name__)
+
+_LATEST = """
+SELECT id, version, mode, sha256, onnx FROM model_deployments
+WHERE site_id = %s AND name = %s ORDER BY created_at DESC, id DESC LIMIT 1
+"""
+
+
+@dataclass
+class Loaded:
+    deployment: Any  # uuid of the model_deployments row
+    version: str
+    mode: str
+    session: ort.InferenceSession
+
+
+class ModelSlot:
+    """The model in use; replaced only by a newer deployment whose bytes check out."""
+
+    def __init__(self, site_id: str, name: str) -> None:
+        self.site_id, self.name = site_id, name
+        self.current: Loaded | None = None
+        self.refused: Any = None  # the last deployment refused, so it is reported once
+
+    def refresh(self, conn: psycopg.Connection) -> Loaded | None:
+        row = conn.execute(_LATEST, (self.site_id, self.name)).fetchone()
+        if row is None or row[2] == "off":
+            self.current = None
+            return None
+        deployment, version, mode, sha256, onnx = row
+        if self.current and self.current.deployment == deployment:
+            return self.current
+        if onnx is None or hashlib.sha256(onnx).hexdigest() != sha256:
+            if self.refused != deployment:
+                log.error("model %s@%s refused: its bytes do not match sha256 %s", self.name, version, sha256)
+                self.refused = deployment
+            return self.current  # keep running what was verified before
+        self.current = Loaded(deployment, version, mode, ort.InferenceSession(bytes(onnx),
+                              providers=["CPUExecutionProvider"]))
+        log.info("model %s@%s loaded (%s)", self.name, version, mode)
+        return self.current
+
+
+@dataclass
+class Decision:
+    zone: str
+    point_id: int
+    setpoint: float | None = None
+    energy_kw: float | None = None
+    zone_temp: float | None = None
+    command_id: Any = None
+    detail: str | None = None
+
+
+@dataclass
+class EdgeInference:
+    settings: Settings
+    slot: ModelSlot = field(init=False)
+    last_good: dict[int, datetime] = field(default_factory=dict)  # per setpoint point: last active write
+    holding: set[int] = field(default_factory=set)  # setpoints where ML holds the ML priority
+
+    def __post_init__(self) -> None:
+        self.slot = ModelSlot(self.settings.site.id, self.settings.ml.model)
+
+    def step(self, now: datetime | None = None) -> list[Decision]:
+        """One round for every zone; never raises for a zone's trouble, only logs and records it."""
+        now = now or datetime.now(UTC)
+        with connect(self.settings.database.dsn) as conn:
+            try:
+                model = self.slot.refresh(conn)
+            except Exception as exc:  # a model that will not even load: treated as no model
+                log.error("model %s could not be loaded: %s", self.settings.ml.model, exc)
+                model = None
+            decisions = []
+            for zone in find_zones(conn, self.settings.site.id):
+                decision = self._decide(zone, model, now) if model else Decision(zone.name, zone.setpoint,
+                                                                               detail="no model deployed")
+                if model and model.mode == "active" and decision.setpoint is not None:
+                    decision.command_id = self._write(conn, zone, model, decision, now)
+                self._release_if_due(conn, zone, model, now)
+                if model:
+                    self._log(conn, model, decision, now)
+                decisions.append(decision)
+            conn.commit()
+        return decisions
+
+    def _decide(self, zone: Zone, model: Loaded, now: datetime) -> Decision:
+        ml = self.settings.ml
+        decision = Decision(zone.name, zone.setpoint)
+        if zone.ml_min is None or zone.ml_max is None:
+            decision.detail = "the setpoint has no ML limits"
+            return decision
+        every = timedelta(seconds=ml.interval_s)
+        frame = zone_frame(zone, now - 3 * every, now, every, self.settings)
+        if frame.is_empty() or (now - frame["time"].max()).total_seconds() > ml.stale_after_s:
+            decision.detail = "stale or missing inputs"
+            return decision
+        features = build_features(frame, self.settings.site.timezone, with_targets=False).tail(1)
+        if features.is_empty():
+            decision.detail = "incomplete inputs"
+            return decision
+        options = candidates(zone.ml_min, zone.ml_max, ml.candidate_step_c)
+        batch = pl.concat([with_setpoint(features, s) for s in options]).select(FEATURES)
+        try:
+            predicted = model.session.run(None, {"features": batch.to_numpy().astype(np.float32)})[0]
+        except Exception as exc:
+            decision.detail = f"model failed: {exc}"
+            return decision
+        choice = choose(options, predicted[:, 0], predicted[:, 1], (ml.comfort_low_c, ml.comfort_high_c))
+        decision.setpoint, decision.energy_kw, decision.zone_temp = (
+            choice.setpoint, float(choice.energy_kw), float(choice.zone_temp)
+        )
+        return decision
+
+    def _write(self, conn: psycopg.Connection, zone: Zone, model: Loaded, decision: Decision,
+               now: datetime) -> Any:
+        priority = self.settings.writes.ml_priority
+        command_id = insert_command(conn, Command(
+            self.settings.site.id, zone.setpoint, decision.setpoint, priority=priority,
+            source="ml", created_by=f"ml:{self.settings.ml.model}@{model.version}",
+            reason=f"predicted {decision.energy_kw:.1f} kW at {decision.zone_temp:.1f} °C",
+            not_after=now + timedelta(seconds=self.settings.ml.interval_s),
+        ))
+        self.last_good[zone.setpoint] = now
+        self.holding.add(zone.setpoint)
+        return command_id
+
+    def _release_if_due(self, conn: psycopg.Connection, zone: Zone, model: Loaded | None,
+                        now: datetime) -> None:
+        if zone.setpoint not in self.holding:
+            return
+        quiet = now - self.last_good.get(zone.setpoint, now)
+        if model and model.mode == "active" and quiet.total_seconds() < self.settings.ml.release_after_s:
+            return
+        insert_command(conn, Command(
+            self.settings.site.id, zone.setpoint, None, priority=self.settings.writes.ml_priority,
+            release=True, source="ml", created_by=f"ml:{self.settings.ml.model}",
+            reason="ML stepped back: building schedule",
+        ))
+        self.holding.discard(zone.setpoint)
+        log.info("released the ML priority of point %s", zone.setpoint)
+
+    def _log(self, conn: psycopg.Connection, model: Loaded, d: Decision, now: datetime) -> None:
+        conn.execute(
+            "INSERT INTO inference_log (site_id, at, point_id, model, version, mode, setpoint,"
+            " predicted_energy_kw, predicted_zone_temp, command_id, detail)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (self.settings.site.id, now, d.point_id, self.settings.ml.model, model.version, model.mode,
+             d.setpoint, d.energy_kw, d.zone_temp, d.command_id, d.detail),
+        )

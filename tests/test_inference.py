@@ -1,0 +1,129 @@
+"""Edge inference against a real site database: shadow logs only, active writes inside the ML limits,
+a model whose bytes do not match its checksum is refused while the verified one keeps running, stale
+inputs never write, and the ML priority is given back when the model is switched off."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bacpipes.features import build_features
+from bacpipes.settings import Settings, load_settings
+from central.training import export, train
+from edge.inference import EdgeInference
+from tests.test_training import zone_history
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+POINTS = {  # point_id: (object_type, instance, object_name)
+    1: ("analog-input", 1, "AHU1-ZN-T"), 2: ("analog-value", 1, "AHU1-ZN-CLG-SP"),
+    3: ("analog-input", 6, "AHU1-CLG-KW"), 4: ("analog-input", 7, "AHU1-OCC-PCT"),
+    5: ("analog-input", 101, "PLANT-OA-T"),
+}
+VALUES = {1: 24.5, 2: 24.0, 3: 60.0, 4: 80.0, 5: 31.0}
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("models") / "setpoint.onnx"
+    export(train(build_features(zone_history(), "UTC")), path, version="1")
+    return path.read_bytes()
+
+
+@pytest.fixture
+def site(db_dsn: str) -> Settings:
+    settings = load_settings(None, site={"id": "s1", "timezone": "UTC"}, database={"dsn": db_dsn})
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("INSERT INTO device (site_id, device_id, address) VALUES ('s1', 1001, '127.0.0.10')")
+        for pid, (kind, instance, name) in POINTS.items():
+            conn.execute(
+                "INSERT INTO point (site_id, point_id, device_id, object_type, object_instance, object_name,"
+                " writable, commandable, ml_min_value, ml_max_value) VALUES ('s1', %s, 1001, %s, %s, %s,"
+                " %s, %s, %s, %s)",
+                (pid, kind, instance, name, pid == 2, pid == 2, 22.0 if pid == 2 else None,
+                 26.0 if pid == 2 else None),
+            )
+    readings(db_dsn, NOW - timedelta(hours=1))
+    return settings
+
+
+def readings(dsn: str, start: datetime) -> None:
+    with psycopg.connect(dsn) as conn, conn.cursor().copy(
+        "COPY sensor_readings (time, site_id, point_id, value) FROM STDIN"
+    ) as copy:
+        for step in range(5):
+            for pid, value in VALUES.items():
+                copy.write_row((start + timedelta(minutes=15 * step), "s1", pid, value + 0.1 * step))
+
+
+def deploy(dsn: str, model: bytes | None, version: str, mode: str, sha256: str | None = None) -> None:
+    digest = sha256 or (hashlib.sha256(model).hexdigest() if model else "-")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO model_deployments (site_id, name, version, mode, sha256, onnx, created_by)"
+            " VALUES ('s1', 'setpoint', %s, %s, %s, %s, 'test')", (version, mode, digest, model)
+        )
+
+
+def rows(dsn: str, query: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_shadow_mode_logs_a_choice_and_never_writes(site: Settings, onnx_model: bytes) -> None:
+    deploy(site.database.dsn, onnx_model, "1", "shadow")
+    [decision] = EdgeInference(site).step(NOW)
+    assert decision.detail is None and 22.0 <= decision.setpoint <= 26.0
+    logged = rows(site.database.dsn, "SELECT mode, version, setpoint, command_id FROM inference_log")
+    assert logged == [("shadow", "1", decision.setpoint, None)]
+    assert rows(site.database.dsn, "SELECT count(*) FROM write_commands") == [(0,)]
+
+
+def test_active_mode_writes_inside_the_ml_limits_and_releases_when_switched_off(
+    site: Settings, onnx_model: bytes
+) -> None:
+    with psycopg.connect(site.database.dsn) as conn:  # narrow limits: the choice is clamped into them
+        conn.execute("UPDATE point SET ml_min_value = 23.0, ml_max_value = 23.5 WHERE point_id = 2")
+    deploy(site.database.dsn, onnx_model, "1", "active")
+    inference = EdgeInference(site)
+    [decision] = inference.step(NOW)
+    [command] = rows(site.database.dsn, "SELECT point_id, value, priority, source, created_by, command_type,"
+                     " not_after > now() FROM write_commands")
+    assert command[:4] == (2, decision.setpoint, 8, "ml") and 23.0 <= command[1] <= 23.5
+    assert command[4:] == ("ml:setpoint@1", "write_value", True)
+    deploy(site.database.dsn, None, "1", "off")
+    inference.step(NOW + timedelta(minutes=15))
+    released = rows(site.database.dsn, "SELECT priority, command_type FROM write_commands"
+                    " WHERE command_type = 'release_priority'")
+    assert released == [(8, "release_priority")]
+
+
+def test_a_model_failing_its_checksum_is_refused_and_the_verified_one_keeps_running(
+    site: Settings, onnx_model: bytes
+) -> None:
+    inference = EdgeInference(site)
+    deploy(site.database.dsn, onnx_model, "1", "shadow")
+    inference.step(NOW)
+    deploy(site.database.dsn, onnx_model, "2", "shadow", sha256="0" * 64)  # corrupted in transit
+    inference.step(NOW + timedelta(minutes=1))
+    deploy(site.database.dsn, onnx_model, "3", "shadow")  # hot-swapped, same process
+    inference.step(NOW + timedelta(minutes=2))
+    versions = rows(site.database.dsn, "SELECT version FROM inference_log ORDER BY at")
+    assert versions == [("1",), ("1",), ("3",)]
+
+
+def test_stale_inputs_make_no_decision_and_no_write(db_dsn: str, site: Settings, onnx_model: bytes) -> None:
+    deploy(site.database.dsn, onnx_model, "1", "active")
+    [decision] = EdgeInference(site).step(NOW + timedelta(hours=3))  # newest reading 3 h old
+    assert decision.setpoint is None and decision.detail == "stale or missing inputs"
+    assert rows(site.database.dsn, "SELECT count(*) FROM write_commands") == [(0,)]
+    assert rows(site.database.dsn, "SELECT detail FROM inference_log") == [("stale or missing inputs",)]
+
+
+def test_no_model_no_write(site: Settings, tmp_path: Path) -> None:
+    [decision] = EdgeInference(site).step(NOW)
+    assert decision.detail == "no model deployed"
+    assert rows(site.database.dsn, "SELECT count(*) FROM write_commands") == [(0,)]
