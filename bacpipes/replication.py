@@ -30,7 +30,8 @@ from bacpipes.settings import Settings
 
 READINGS_PUBLICATION = "bacpipes_readings"
 META_PUBLICATION = "bacpipes_meta"
-META_TABLES = ("device", "point", "command_events", "site_heartbeat")
+META_TABLES = ("device", "point", "command_events", "site_heartbeat", "inference_log")
+CENTRAL_TABLES = ("write_commands", "model_deployments")  # central -> site, each filtered to the site
 CENTRAL_ROLE = "bacpipes_central"  # how central logs in to every site
 COMMANDS_SUBSCRIPTION = "bacpipes_commands"  # the site's subscription to central
 
@@ -134,10 +135,17 @@ def _has(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool
     return conn.execute(query, (name,)).fetchone() is not None
 
 
-def _ensure_publication(conn: psycopg.Connection, name: str, definition: sql.Composable, say: Steps) -> None:
+def _ensure_publication(
+    conn: psycopg.Connection, name: str, tables: sql.Composable, options: str, say: Steps
+) -> None:
+    """Create it, or bring an older link's table list up to date (then subscribers must refresh)."""
+    ident = sql.Identifier(name)
     if not _has(conn, "pg_publication", "pubname", name):
-        conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(sql.Identifier(name)) + definition)
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE ").format(ident) + tables
+                     + sql.SQL(f" WITH ({options})"))
         say(f"created publication {name}")
+    else:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE ").format(ident) + tables)
 
 
 def _ensure_subscription(
@@ -145,6 +153,10 @@ def _ensure_subscription(
 ) -> None:
     """`slot`: the slot's name on the publisher, which must be unique there (default: `name`)."""
     if _has(conn, "pg_subscription", "subname", name):
+        # new tables in the publication (a link made by an older version) start replicating; existing
+        # ones are not copied again
+        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)").format(
+            sql.Identifier(name)))
         return
     conn.execute(
         sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {})").format(
@@ -193,18 +205,11 @@ def link(site: Settings, central: Settings) -> list[str]:
         )
         s.execute("SELECT pg_reload_conf()")
         _ensure_role(s, CENTRAL_ROLE, ("sensor_readings", *META_TABLES), say)
-        _ensure_publication(
-            s, READINGS_PUBLICATION,
-            sql.SQL("FOR TABLE sensor_readings WITH (publish = 'insert', publish_via_partition_root = true)"),
-            say,
-        )
-        _ensure_publication(
-            s, META_PUBLICATION,
-            sql.SQL("FOR TABLE {} WITH (publish = 'insert, update, delete')").format(
-                sql.SQL(", ").join(sql.Identifier(t) for t in META_TABLES)
-            ),
-            say,
-        )
+        if not _has(s, "pg_publication", "pubname", READINGS_PUBLICATION):  # resync may have narrowed it
+            _ensure_publication(s, READINGS_PUBLICATION, sql.SQL("sensor_readings"),
+                                "publish = 'insert', publish_via_partition_root = true", say)
+        _ensure_publication(s, META_PUBLICATION, sql.SQL(", ").join(sql.Identifier(t) for t in META_TABLES),
+                            "publish = 'insert, update, delete'", say)
         heartbeat(s, site_id)
 
         c.execute(
@@ -212,14 +217,12 @@ def link(site: Settings, central: Settings) -> list[str]:
             " ON CONFLICT (site_id) DO NOTHING",
             (site_id, readings_subscription(site_id), meta_subscription(site_id)),
         )
-        _ensure_role(c, site_role(site_id), ("write_commands",), say)
-        _ensure_publication(
-            c, commands_publication(site_id),
-            sql.SQL("FOR TABLE write_commands WHERE (site_id = {}) WITH (publish = 'insert')").format(
-                sql.Literal(site_id)
-            ),
-            say,
+        _ensure_role(c, site_role(site_id), CENTRAL_TABLES, say)
+        filtered = sql.SQL(", ").join(
+            sql.SQL("{} WHERE (site_id = {})").format(sql.Identifier(t), sql.Literal(site_id))
+            for t in CENTRAL_TABLES
         )
+        _ensure_publication(c, commands_publication(site_id), filtered, "publish = 'insert'", say)
         to_site = conninfo_to(site, central, CENTRAL_ROLE)
         _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
         _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)

@@ -24,6 +24,7 @@ from edge.catalog import PollPoint, load_poll_plan
 from edge.command_mqtt import CommandSubscriber
 from edge.discovery import discover
 from edge.executor import Executor, Result
+from edge.inference import EdgeInference
 from edge.ingest import Ingester
 from edge.polling import DevicePoller, PointOutcome
 from edge.publisher import Publisher
@@ -146,6 +147,8 @@ class EdgeAgent:
             tasks.append(asyncio.create_task(self._housekeeping()))
             if self.executor:
                 tasks.append(asyncio.create_task(self.executor.run(self.stop_event)))
+            if s.ml.enabled:
+                tasks.append(asyncio.create_task(self._inference(EdgeInference(s))))
             await asyncio.gather(*tasks)
         finally:
             if self.commands:
@@ -190,6 +193,16 @@ class EdgeAgent:
             if self.publisher and time.time() - last_health >= self.settings.mqtt.health_interval_s:
                 self.publisher.publish_health(self.health())
                 last_health = time.time()
+
+    async def _inference(self, inference: EdgeInference) -> None:
+        """Every ml.interval_s; a failing round is logged and the next one tries again."""
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.to_thread(inference.step)
+            except Exception:
+                log.exception("inference round failed; no write was made")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.ml.interval_s)
 
     def _heartbeat(self) -> None:
         """Central measures replication lag by this row's age when it arrives there."""
