@@ -13,6 +13,8 @@ import pytest
 
 from bacpipes.features import build_features
 from bacpipes.settings import Settings, load_settings
+from central.registry import deploy as deploy_model
+from central.registry import register, rollback
 from central.training import export, train
 from edge.inference import EdgeInference
 from tests.test_training import zone_history
@@ -127,3 +129,23 @@ def test_no_model_no_write(site: Settings, tmp_path: Path) -> None:
     [decision] = EdgeInference(site).step(NOW)
     assert decision.detail == "no model deployed"
     assert rows(site.database.dsn, "SELECT count(*) FROM write_commands") == [(0,)]
+
+
+def test_register_deploy_and_roll_back(site: Settings, onnx_model: bytes, tmp_path: Path) -> None:
+    """Central's side of a rollout (here in the same database; replication carries it in production)."""
+    path = tmp_path / "setpoint.onnx"
+    path.write_bytes(onnx_model)
+    inference = EdgeInference(site)
+    with psycopg.connect(site.database.dsn) as conn:
+        assert register(conn, "setpoint", "1", path, "central:test") == hashlib.sha256(onnx_model).hexdigest()
+        register(conn, "setpoint", "2", path, "central:test")
+        deploy_model(conn, "s1", "setpoint", "1", "shadow", "central:test")
+        inference.step(NOW)
+        deploy_model(conn, "s1", "setpoint", "2", "active", "central:test")
+        inference.step(NOW + timedelta(minutes=1))
+        assert rollback(conn, "s1", "setpoint", "central:ab", "ML used more energy") == "1"
+        inference.step(NOW + timedelta(minutes=2))
+        with pytest.raises(ValueError, match="not registered"):
+            deploy_model(conn, "s1", "setpoint", "9", "shadow", "central:test")
+    logged = rows(site.database.dsn, "SELECT version, mode FROM inference_log ORDER BY at")
+    assert logged == [("1", "shadow"), ("2", "active"), ("1", "active")]

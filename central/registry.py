@@ -1,0 +1,73 @@
+"""Model registry and rollout on central: register an exported model, deploy a version to a site in
+shadow or active mode, roll back to the version before. A deployment row carries the ONNX bytes and
+their sha256 and reaches the site over the replication link; the site verifies before loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import onnx
+import psycopg
+from psycopg.types.json import Jsonb
+
+MODES = ("shadow", "active", "off")
+
+
+def register(conn: psycopg.Connection, name: str, version: str, path: Path, created_by: str) -> str:
+    """Store the ONNX file (exported and parity-checked by central.training.export); returns its sha256."""
+    data = path.read_bytes()
+    metadata = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    metrics = json.loads(metadata.get("metrics", "{}"))
+    digest = hashlib.sha256(data).hexdigest()
+    conn.execute(
+        "INSERT INTO model_registry (name, version, sha256, metrics, metadata, onnx, created_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (name, version, digest, Jsonb(metrics), Jsonb(metadata), data, created_by),
+    )
+    conn.commit()
+    return digest
+
+
+def deploy(conn: psycopg.Connection, site_id: str, name: str, version: str, mode: str, created_by: str,
+           reason: str | None = None) -> uuid.UUID:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    row = conn.execute(
+        "SELECT sha256, onnx FROM model_registry WHERE name = %s AND version = %s", (name, version)
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"model {name}@{version} is not registered")
+    deployment = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO model_deployments (id, site_id, name, version, mode, sha256, onnx, created_by, reason)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (deployment, site_id, name, version, mode, row[0], None if mode == "off" else row[1], created_by,
+         reason),
+    )
+    conn.commit()
+    return deployment
+
+
+def deployed(conn: psycopg.Connection, site_id: str, name: str) -> list[tuple[str, str]]:
+    """(version, mode) of every deployment to the site, newest first."""
+    return conn.execute(
+        "SELECT version, mode FROM model_deployments WHERE site_id = %s AND name = %s"
+        " ORDER BY created_at DESC, id DESC",
+        (site_id, name),
+    ).fetchall()
+
+
+def rollback(conn: psycopg.Connection, site_id: str, name: str, created_by: str, reason: str) -> str:
+    """Deploy the version that ran before the current one, in the current mode; returns that version."""
+    history = [(v, m) for v, m in deployed(conn, site_id, name) if m != "off"]
+    if not history:
+        raise ValueError(f"nothing deployed of {name} at {site_id}")
+    current, mode = history[0]
+    previous = next((v for v, _ in history if v != current), None)
+    if previous is None:
+        raise ValueError(f"{name}@{current} is the only version deployed at {site_id}: switch it off instead")
+    deploy(conn, site_id, name, previous, mode, created_by, f"rollback from {current}: {reason}")
+    return previous
