@@ -60,6 +60,28 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_backfill(args: argparse.Namespace) -> int:
+    from sim.backfill import backfill
+
+    report = backfill(load_settings(args.config), days=args.days, seed=args.seed, devices=args.devices,
+                      interval_s=args.interval)
+    print(report.summary())
+    for note in report.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def _flows_run(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.ml import baseline_flow, train_flow
+
+    flow = {"baseline": baseline_flow, "train": train_flow}[args.name]
+    result = flow(args.config, days=args.days) if args.days else flow(args.config)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def _edge_discover(args: argparse.Namespace) -> int:
     from edge.bacnet import BacnetClient, make_application
     from edge.discovery import discover
@@ -292,6 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=47808)
     sim.add_argument("--bbmd", help="also serve a BBMD at this loopback address, e.g. 127.0.0.9")
     sim.set_defaults(func=_sim)
+    backfill = with_config(sim.add_subparsers(dest="sim_command").add_parser(
+        "backfill", help="write N days of simulated history into the database (marked simulated)"))
+    backfill.add_argument("--days", type=int, required=True)
+    backfill.add_argument("--seed", type=int, default=0)
+    backfill.add_argument("--devices", type=int, default=3)
+    backfill.add_argument("--interval", type=float, help="seconds between readings (default: polling)")
+    backfill.set_defaults(func=_sim_backfill)
+
+    flows = sub.add_parser("flows").add_subparsers(dest="flows_command", required=True)
+    run_flow = with_config(flows.add_parser("run", help="run one flow now"))
+    run_flow.add_argument("name", choices=["baseline", "train"])
+    run_flow.add_argument("--days", type=int, help="history window (default: the flow's)")
+    run_flow.set_defaults(func=_flows_run)
 
     edge = sub.add_parser("edge").add_subparsers(dest="edge_command", required=True)
     with_config(edge.add_parser("discover", help="find devices and points")).set_defaults(func=_edge_discover)

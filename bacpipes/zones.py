@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import pandas as pd
 import polars as pl
 import psycopg
 
+from bacpipes.db import connect
 from bacpipes.features import ROLES
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
@@ -21,6 +23,7 @@ SUFFIXES = {
     "zone_temp": "ZN-T", "cooling_setpoint": "ZN-CLG-SP", "energy_kw": "CLG-KW", "occupancy": "OCC-PCT",
 }
 OUTDOOR_SUFFIX = "OA-T"
+SITE_POWER_SUFFIX = "MTR-KW"  # the site's electrical demand meter
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,27 @@ def zone_frame(
         return pl.DataFrame(schema={"time": pl.Datetime("us", settings.site.timezone),
                                     **{r: pl.Float64 for r in ROLES}})
     return wide.with_columns(pl.col("occupancy") / 100.0).select(["time", *ROLES])
+
+
+def site_hourly(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    """The baseline's input: per hour the site's energy (mean demand x 1 h), outdoor temperature and
+    occupancy (mean over zones, 0..1), indexed by tz-aware hour."""
+    with connect(settings.database.dsn) as conn:
+        zones = find_zones(conn, settings.site.id)
+        meter = conn.execute(
+            "SELECT point_id FROM point WHERE site_id = %s AND object_name LIKE %s",
+            (settings.site.id, f"%-{SITE_POWER_SUFFIX}"),
+        ).fetchone()
+    if not zones or meter is None:
+        raise ValueError(f"site {settings.site.id} has no site meter (*-{SITE_POWER_SUFFIX}) or no zones")
+    occupancy = [z.points["occupancy"] for z in zones]
+    outdoor = zones[0].points["outdoor_temp"]
+    hourly = load_readings([meter[0], outdoor, *occupancy], start, end, every="1h", settings=settings)
+    role = (pl.when(pl.col("point_id") == meter[0]).then(pl.lit("energy_kwh"))
+            .when(pl.col("point_id") == outdoor).then(pl.lit("outdoor_temp_c"))
+            .otherwise(pl.lit("occupancy")))
+    wide = (hourly.with_columns(role.alias("role"))
+            .group_by("time", "role").agg(pl.col("value").mean())
+            .pivot(on="role", index="time", values="value").sort("time")
+            .with_columns(pl.col("occupancy") / 100.0))
+    return wide.to_pandas().set_index("time")[["energy_kwh", "outdoor_temp_c", "occupancy"]]

@@ -1,0 +1,104 @@
+"""Prefect flows over `central/`: baseline measurement, and training -> ONNX -> registry -> shadow rollout.
+
+Each flow takes a settings file (the central database, and `[site] id` = the site it works for) and a
+time window; tasks retry on transient database errors. `bacpipes flows run NAME` runs one now.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import psycopg
+from prefect import flow, get_run_logger, task
+from psycopg.types.json import Jsonb
+
+from bacpipes.db import connect
+from bacpipes.features import build_features
+from bacpipes.settings import Settings, load_settings
+from bacpipes.zones import find_zones, site_hourly, zone_frame
+from central.baseline import fit_baseline, metrics
+from central.registry import deploy, register
+from central.training import export, train
+
+
+def _window(days: int, end: datetime | None) -> tuple[datetime, datetime]:
+    end = end or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return end - timedelta(days=days), end
+
+
+@task(retries=3, retry_delay_seconds=10)
+def fit_and_store_baseline(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
+    frame = site_hourly(settings, start, end)
+    model = fit_baseline(frame)
+    scored = metrics(frame["energy_kwh"], model.predict(frame), model.n_params)
+    with connect(settings.database.dsn) as conn:
+        conn.execute(
+            "INSERT INTO baseline_models (site_id, period_start, period_end, cv_rmse, nmbe, r_squared,"
+            " meets_guideline_14, model) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (settings.site.id, start, end, scored.cv_rmse, scored.nmbe, scored.r_squared,
+             scored.meets_guideline_14, Jsonb(json.loads(json.dumps(model.to_dict(), default=str)))),
+        )
+        if not scored.meets_guideline_14:
+            conn.execute(
+                "INSERT INTO alerts (site_id, source, severity, message)"
+                " VALUES (%s, 'baseline', 'warning', %s)",
+                (settings.site.id, f"baseline misses ASHRAE Guideline 14: CV(RMSE) {scored.cv_rmse:.1%}, "
+                                   f"NMBE {scored.nmbe:.1%}"),
+            )
+    return {"cv_rmse": scored.cv_rmse, "nmbe": scored.nmbe, "r_squared": scored.r_squared,
+            "meets_guideline_14": scored.meets_guideline_14, "hours": scored.n}
+
+
+@flow(name="baseline")
+def baseline_flow(config: str | None = None, days: int = 90, end: datetime | None = None) -> dict[str, Any]:
+    """Fit the site's energy baseline on the last `days` days and store it with its metrics."""
+    settings = load_settings(config)
+    start, stop = _window(days, end)
+    result = fit_and_store_baseline(settings, start, stop)
+    get_run_logger().info("baseline for %s: %s", settings.site.id, result)
+    return result
+
+
+@task(retries=3, retry_delay_seconds=10)
+def training_set(settings: Settings, start: datetime, end: datetime, every: timedelta) -> pl.DataFrame:
+    with connect(settings.database.dsn) as conn:
+        zones = find_zones(conn, settings.site.id)
+    if not zones:
+        raise ValueError(f"site {settings.site.id} has no zones with every role (see bacpipes.zones)")
+    tz = settings.site.timezone
+    frames = [build_features(zone_frame(z, start, end, every, settings), tz) for z in zones]
+    return pl.concat(frames).sort("time")
+
+
+@task
+def export_register_and_deploy(settings: Settings, features: pl.DataFrame, models_dir: Path, version: str,
+                               mode: str) -> dict[str, Any]:
+    trained = train(features)
+    path = models_dir / f"{settings.ml.model}-{version}.onnx"
+    digest = export(trained, path, version, created_by="flow:train")  # refuses on a parity mismatch
+    with psycopg.connect(settings.database.dsn) as conn:
+        register(conn, settings.ml.model, version, path, "flow:train")
+        if mode != "none":
+            deploy(conn, settings.site.id, settings.ml.model, version, mode, "flow:train", "nightly training")
+    return {"version": version, "sha256": digest, "metrics": trained.metrics, "path": str(path), "mode": mode}
+
+
+@flow(name="train")
+def train_flow(
+    config: str | None = None, days: int = 30, end: datetime | None = None, models_dir: str = "models",
+    version: str | None = None, mode: str = "shadow",
+) -> dict[str, Any]:
+    """Train on the last `days` days, export to ONNX (parity-checked), register, and deploy in `mode`."""
+    settings = load_settings(config)
+    start, stop = _window(days, end)
+    every = timedelta(seconds=settings.ml.interval_s)
+    features = training_set(settings, start, stop, every)
+    version = version or datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    result = export_register_and_deploy(settings, features, Path(models_dir), version, mode)
+    get_run_logger().info("trained %s@%s on %d rows: %s", settings.ml.model, version, features.height,
+                          result["metrics"])
+    return result
