@@ -1,4 +1,5 @@
-"""Prefect flows over `central/`: baseline measurement, and training -> ONNX -> registry -> shadow rollout.
+"""Prefect flows over `central/`: baseline measurement, training -> ONNX -> registry -> shadow rollout,
+and the A/B evaluation that rolls a worse model back.
 
 Each flow takes a settings file (the central database, and `[site] id` = the site it works for) and a
 time window; tasks retry on transient database errors. `bacpipes flows run NAME` runs one now.
@@ -18,10 +19,12 @@ from psycopg.types.json import Jsonb
 
 from bacpipes.db import connect
 from bacpipes.features import build_features
+from bacpipes.readings import load_readings
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
-from central.baseline import fit_baseline, metrics
-from central.registry import deploy, register
+from central.ab import Period, PeriodResult, discomfort_kh, evaluate, switchback
+from central.baseline import BaselineModel, fit_baseline, metrics
+from central.registry import deploy, register, rollback
 from central.training import export, train
 
 
@@ -102,3 +105,53 @@ def train_flow(
     get_run_logger().info("trained %s@%s on %d rows: %s", settings.ml.model, version, features.height,
                           result["metrics"])
     return result
+
+
+@task(retries=3, retry_delay_seconds=10)
+def score_periods(settings: Settings, periods: list[Period]) -> list[PeriodResult]:
+    """Energy normalised by the latest stored baseline, and discomfort per zone, for each period."""
+    start, end = periods[0].start, periods[-1].end
+    with connect(settings.database.dsn) as conn:
+        row = conn.execute("SELECT model FROM baseline_models WHERE site_id = %s ORDER BY fitted_at DESC"
+                           " LIMIT 1", (settings.site.id,)).fetchone()
+        zones = find_zones(conn, settings.site.id)
+    if row is None:
+        raise ValueError(f"no baseline stored for {settings.site.id}: run the baseline flow first")
+    baseline = BaselineModel.from_dict(row[0])
+    hourly = site_hourly(settings, start, end)
+    predicted = baseline.predict(hourly)
+    temps = load_readings([z.points["zone_temp"] for z in zones], start, end, every="1h", settings=settings)
+    temps = temps.to_pandas().pivot_table(index="time", columns="point_id", values="value")
+    band = (settings.ml.comfort_low_c, settings.ml.comfort_high_c)
+    results = []
+    for p in periods:
+        inside = (hourly.index >= p.start) & (hourly.index < p.end)
+        in_temps = (temps.index >= p.start) & (temps.index < p.end)
+        results.append(PeriodResult(
+            p, float(hourly["energy_kwh"][inside].sum() / predicted[inside].sum()),
+            discomfort_kh(temps[in_temps], band, 1.0) / max(len(zones), 1),
+        ))
+    return results
+
+
+@flow(name="ab")
+def ab_flow(config: str | None = None, start: datetime | None = None, days: int = 14, seed: int = 0,
+            max_energy_loss: float = 0.02, max_extra_discomfort_kh: float = 0.5) -> dict[str, Any]:
+    """Evaluate the switchback from `start`; roll the model back (and raise an alert) if ML is worse."""
+    settings = load_settings(config)
+    start = start or _window(days, None)[0]
+    periods = switchback(start, days, seed=seed)
+    verdict = evaluate(score_periods(settings, periods), max_energy_loss=max_energy_loss,
+                       max_extra_discomfort_kh=max_extra_discomfort_kh)
+    rolled_back_to = None
+    if verdict.rollback:
+        with psycopg.connect(settings.database.dsn) as conn:
+            rolled_back_to = rollback(conn, settings.site.id, settings.ml.model, "flow:ab", verdict.reason)
+            conn.execute(
+                "INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, 'ab', 'critical', %s)",
+                (settings.site.id, f"rolled back to {rolled_back_to}: {verdict.reason}"),
+            )
+    get_run_logger().info("A/B for %s: %s", settings.site.id, verdict)
+    return {"savings": verdict.savings, "ci": verdict.ci, "discomfort_ml": verdict.discomfort_ml,
+            "discomfort_baseline": verdict.discomfort_baseline, "rollback": verdict.rollback,
+            "reason": verdict.reason, "rolled_back_to": rolled_back_to}

@@ -32,6 +32,15 @@ def db_dsn() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def prefect() -> Iterator[None]:
+    """One temporary Prefect server for every flow test (it takes ~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     b = MosquittoBroker(tmp_path / "broker")

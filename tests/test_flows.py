@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from bacpipes.settings import load_settings
 from flows.ml import baseline_flow, train_flow
 from sim.backfill import backfill
 
 END = datetime(2026, 7, 29, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def prefect() -> Iterator[None]:
-    with prefect_test_harness():
-        yield
 
 
 def config(tmp_path: Path, dsn: str) -> str:
