@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import psycopg
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,19 @@ def switchback(start: datetime, days: int, hours_per_period: int = 24, seed: int
     while len(arms) < count:
         arms += rng.sample(["ml", "baseline"], 2)
     return [Period(start + i * length, start + (i + 1) * length, arm) for i, arm in enumerate(arms[:count])]
+
+
+def publish_schedule(conn: psycopg.Connection, site_id: str, periods: Sequence[Period]) -> int:
+    """Store the schedule for the site's edge (replicated to it); re-planning a period replaces nothing."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ab_schedule (site_id, period_start, period_end, arm) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (site_id, period_start) DO NOTHING",
+            [(site_id, p.start, p.end, p.arm) for p in periods],
+        )
+        count = cur.rowcount
+    conn.commit()
+    return count
 
 
 def discomfort_kh(zone_temps: pd.DataFrame, band: tuple[float, float], step_h: float) -> float:

@@ -104,9 +104,15 @@ class EdgeInference:
                 log.error("model %s could not be loaded: %s", self.settings.ml.model, exc)
                 model = None
             decisions = []
+            arm = _ab_arm(conn, self.settings.site.id, now)
             for zone in find_zones(conn, self.settings.site.id):
-                decision = self._decide(zone, model, now) if model else Decision(zone.name, zone.setpoint,
-                                                                               detail="no model deployed")
+                if model is None:
+                    decision = Decision(zone.name, zone.setpoint, detail="no model deployed")
+                elif model.mode == "active" and arm == "baseline":
+                    decision = Decision(zone.name, zone.setpoint, detail="A/B: a baseline period")
+                    self.last_good.pop(zone.setpoint, None)  # give the priority back now
+                else:
+                    decision = self._decide(zone, model, now)
                 if model and model.mode == "active" and decision.setpoint is not None:
                     decision.command_id = self._write(conn, zone, model, decision, now)
                 self._release_if_due(conn, zone, model, now)
@@ -161,8 +167,9 @@ class EdgeInference:
                         now: datetime) -> None:
         if zone.setpoint not in self.holding:
             return
-        quiet = now - self.last_good.get(zone.setpoint, now)
-        if model and model.mode == "active" and quiet.total_seconds() < self.settings.ml.release_after_s:
+        last = self.last_good.get(zone.setpoint)  # None: stepped back on purpose (A/B baseline period)
+        fresh = last is not None and (now - last).total_seconds() < self.settings.ml.release_after_s
+        if model and model.mode == "active" and fresh:
             return
         insert_command(conn, Command(
             self.settings.site.id, zone.setpoint, None, priority=self.settings.writes.ml_priority,
@@ -180,3 +187,11 @@ class EdgeInference:
             (self.settings.site.id, now, d.point_id, self.settings.ml.model, model.version, model.mode,
              d.setpoint, d.energy_kw, d.zone_temp, d.command_id, d.detail),
         )
+
+
+def _ab_arm(conn: psycopg.Connection, site_id: str, now: datetime) -> str | None:
+    row = conn.execute(
+        "SELECT arm FROM ab_schedule WHERE site_id = %s AND period_start <= %s AND period_end > %s",
+        (site_id, now, now),
+    ).fetchone()
+    return row[0] if row else None

@@ -13,6 +13,7 @@ import pytest
 
 from bacpipes.features import build_features
 from bacpipes.settings import Settings, load_settings
+from central.ab import Period, publish_schedule
 from central.registry import deploy as deploy_model
 from central.registry import register, rollback
 from central.training import export, train
@@ -149,3 +150,18 @@ def test_register_deploy_and_roll_back(site: Settings, onnx_model: bytes, tmp_pa
             deploy_model(conn, "s1", "setpoint", "9", "shadow", "central:test")
     logged = rows(site.database.dsn, "SELECT version, mode FROM inference_log ORDER BY at")
     assert logged == [("1", "shadow"), ("2", "active"), ("1", "active")]
+
+
+def test_the_edge_follows_the_ab_schedule(site: Settings, onnx_model: bytes) -> None:
+    periods = [Period(NOW - timedelta(hours=1), NOW + timedelta(minutes=30), "ml"),
+               Period(NOW + timedelta(minutes=30), NOW + timedelta(hours=2), "baseline")]
+    with psycopg.connect(site.database.dsn) as conn:
+        assert publish_schedule(conn, "s1", periods) == 2
+    deploy(site.database.dsn, onnx_model, "1", "active")
+    inference = EdgeInference(site)
+    [during_ml] = inference.step(NOW)
+    [during_baseline] = inference.step(NOW + timedelta(minutes=45))
+    assert during_ml.command_id is not None
+    assert during_baseline.command_id is None and during_baseline.detail == "A/B: a baseline period"
+    kinds = rows(site.database.dsn, "SELECT command_type FROM write_commands ORDER BY created_at")
+    assert kinds == [("write_value",), ("release_priority",)]  # the building's own control is back
