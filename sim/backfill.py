@@ -44,10 +44,12 @@ How it works, and why:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -89,8 +91,9 @@ class VirtualSite:
         self.building = Building(devices, seed=seed, start=start)
         addresses = device_addresses(address_base, devices)
         self.devices = [SimDevice(k, self.building, a, PORT, 0, _no_write) for k, a in enumerate(addresses)]
-        for dev in self.devices:
-            dev.build()  # bacpypes3 objects only: no Application, so no socket
+        with _event_loop():  # bacpypes3 objects schedule a task when constructed, even with no network
+            for dev in self.devices:
+                dev.build()  # objects only: no Application, so no socket
         # (device instance, object type, object instance) per column, and how to read it
         self.keys: list[tuple[int, str, int]] = []
         self._readers: list[tuple[Reader, Zone]] = []
@@ -113,6 +116,25 @@ class VirtualSite:
     def as_published(self, rows: np.ndarray) -> np.ndarray:
         """Samples (rows × points) as the poller publishes them: a BACnet REAL's shortest decimal."""
         return _as_published(rows, self._analog)
+
+
+@contextmanager
+def _event_loop() -> Iterator[None]:
+    """A loop for the calling thread if it has none (after `asyncio.run` the main thread has none)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        yield
+        return
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def _no_write() -> None:
