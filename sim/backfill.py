@@ -132,6 +132,7 @@ def _event_loop() -> Iterator[None]:
     asyncio.set_event_loop(loop)
     try:
         yield
+        loop.run_until_complete(asyncio.sleep(0))  # let those tasks finish rather than die pending
     finally:
         asyncio.set_event_loop(None)
         loop.close()
