@@ -37,6 +37,7 @@ from bacpipes.contracts import reading_filter, topic_segment
 from bacpipes.db import connect
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.settings import Settings
+from bacpipes.staging import move_staged
 
 log = logging.getLogger(__name__)
 
@@ -247,36 +248,6 @@ _STAGE = (
 _COPY = "COPY ingest_stage (time, point_id, value, quality) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["timestamptz", "int8", "float8", "text"]
 
-# One statement, so the rollup and point_state see exactly the rows the insert added. Almost every
-# batch is new rows, which a plain INSERT stores ~1.5x faster than ON CONFLICT's speculative insertion;
-# only a batch that collides with a redelivery takes the duplicate-absorbing form.
-_MOVE = """
-WITH ins AS (
-    INSERT INTO sensor_readings (time, site_id, point_id, value, quality)
-    SELECT time, %(site)s, point_id, value, quality FROM ingest_stage
-    {on_conflict}
-    RETURNING time, point_id, value, quality
-), hourly AS (
-    INSERT INTO readings_hourly AS h (site_id, point_id, hour, sum, count, min, max)
-    SELECT %(site)s, point_id, date_trunc('hour', time, 'UTC'), sum(value), count(*), min(value), max(value)
-    FROM ins GROUP BY point_id, date_trunc('hour', time, 'UTC')
-    ON CONFLICT (site_id, point_id, hour) DO UPDATE SET
-        sum = h.sum + EXCLUDED.sum, count = h.count + EXCLUDED.count,
-        min = least(h.min, EXCLUDED.min), max = greatest(h.max, EXCLUDED.max)
-), latest AS (
-    SELECT DISTINCT ON (point_id) point_id, time, value, quality FROM ins ORDER BY point_id, time DESC
-), state AS (
-    INSERT INTO point_state AS s (site_id, point_id, value, quality, time)
-    SELECT %(site)s, point_id, value, quality, time FROM latest ORDER BY point_id
-    ON CONFLICT (site_id, point_id) DO UPDATE SET
-        value = EXCLUDED.value, quality = EXCLUDED.quality, time = EXCLUDED.time
-    WHERE s.time IS NULL OR s.time < EXCLUDED.time
-)
-SELECT count(*) FROM ins
-"""
-_MOVE_NEW = _MOVE.format(on_conflict="")
-_MOVE_ANY = _MOVE.format(on_conflict="ON CONFLICT DO NOTHING")
-
 _REJECT = "INSERT INTO ingest_rejects (site_id, topic, payload, reason) VALUES (%s, %s, %s, %s)"
 
 # the database is away (or restarting, or a deadlock): worth retrying the same batch
@@ -310,20 +281,10 @@ def write_batch(
                 copy.set_types(_COPY_TYPES)
                 for r in rows:
                     copy.write_row((r.time, r.point_id, r.value, r.quality))
-            inserted = _move(conn, cur, site_id)
+            inserted = move_staged(conn, cur, "ingest_stage", site_id)
         if rejects:
             cur.executemany(_REJECT, [(site_id, j.topic, j.payload, j.reason) for j in rejects])
     return inserted
-
-
-def _move(conn: psycopg.Connection, cur: psycopg.Cursor, site_id: str) -> int:
-    params = {"site": site_id}
-    try:
-        with conn.transaction():  # a savepoint: a collision undoes only the attempt
-            cur.execute(_MOVE_NEW, params)
-    except psycopg.errors.UniqueViolation:
-        cur.execute(_MOVE_ANY, params)
-    return cur.fetchone()[0]  # type: ignore[index]
 
 
 # --- the ingester --------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ import psycopg
 from bacpipes.db import connect
 from bacpipes.partitions import create_partition
 from bacpipes.settings import Settings
+from bacpipes.staging import move_staged
 from edge.bacnet import PeerInfo
 from edge.catalog import DiscoveredDevice, DiscoveredPoint, record_discovery
 from edge.discovery import _SKIP_TYPES, _VALUE_TYPES
@@ -328,37 +329,6 @@ _STAGE = (
 )
 _COPY = "COPY backfill_stage (time, point_id, value) FROM STDIN (FORMAT BINARY)"
 
-# The ingester's statement (edge/ingest.py), over the staging table: the rollup and point_state see
-# exactly the rows the insert added. A fresh range takes the plain INSERT (faster); a range that already
-# has rows takes the duplicate-skipping form.
-_MOVE = """
-WITH ins AS (
-    INSERT INTO sensor_readings (time, site_id, point_id, value, quality)
-    SELECT time, %(site)s, point_id, value, 'good' FROM backfill_stage
-    {on_conflict}
-    RETURNING time, point_id, value, quality
-), hourly AS (
-    INSERT INTO readings_hourly AS h (site_id, point_id, hour, sum, count, min, max)
-    SELECT %(site)s, point_id, date_trunc('hour', time, 'UTC'), sum(value), count(*), min(value), max(value)
-    FROM ins GROUP BY point_id, date_trunc('hour', time, 'UTC')
-    ON CONFLICT (site_id, point_id, hour) DO UPDATE SET
-        sum = h.sum + EXCLUDED.sum, count = h.count + EXCLUDED.count,
-        min = least(h.min, EXCLUDED.min), max = greatest(h.max, EXCLUDED.max)
-), latest AS (
-    SELECT DISTINCT ON (point_id) point_id, time, value, quality FROM ins ORDER BY point_id, time DESC
-), state AS (
-    INSERT INTO point_state AS s (site_id, point_id, value, quality, time, last_poll)
-    SELECT %(site)s, point_id, value, quality, time, time FROM latest ORDER BY point_id
-    ON CONFLICT (site_id, point_id) DO UPDATE SET
-        value = EXCLUDED.value, quality = EXCLUDED.quality, time = EXCLUDED.time,
-        last_poll = greatest(s.last_poll, EXCLUDED.last_poll)
-    WHERE s.time IS NULL OR s.time < EXCLUDED.time
-)
-SELECT count(*) FROM ins
-"""
-_MOVE_NEW = _MOVE.format(on_conflict="")
-_MOVE_ANY = _MOVE.format(on_conflict="ON CONFLICT DO NOTHING")
-
 _MARK = """
 INSERT INTO data_source AS d (site_id, simulated, description, seed, generated_at)
 VALUES (%(site)s, true, %(description)s, %(seed)s, now())
@@ -429,16 +399,11 @@ def _point_ids(conn: psycopg.Connection, site_id: str, keys: list[tuple[int, str
 def _write_day(conn: psycopg.Connection, site_id: str, payload: bytes, first: datetime,
                last: datetime) -> int:
     """One day in one transaction; returns the rows inserted (the others were present already)."""
-    params = {"site": site_id}
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy(_COPY) as copy:
             copy.write(payload)
-        try:
-            with conn.transaction():  # a savepoint: a collision undoes only the attempt
-                cur.execute(_MOVE_NEW, params)
-        except psycopg.errors.UniqueViolation:
-            cur.execute(_MOVE_ANY, params)
-        inserted = cur.fetchone()[0]  # type: ignore[index]
+        # the ingester's statement: fresh days insert plainly, a re-run skips what is there
+        inserted = move_staged(conn, cur, "backfill_stage", site_id, quality="'good'", stamp_poll=True)
         cur.execute(_SPAN, {"site": site_id, "first": first, "last": last})
     return inserted
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -19,17 +20,25 @@ from tests.brokers import MosquittoBroker
 ADMIN_DSN = os.environ.get("BACPIPES_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture
-def db_dsn() -> Iterator[str]:
+@contextmanager
+def fresh_database() -> Iterator[str]:
     """A fresh, migrated database, dropped afterwards."""
     name = f"bacpipes_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     dsn = make_conninfo(ADMIN_DSN, dbname=name)
-    migrate(dsn)
-    yield dsn
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        migrate(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_dsn() -> Iterator[str]:
+    with fresh_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,13 @@ No BACnet here: the virtual controllers' objects are built, never served (bindin
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from bacpipes.db import migrate
 from bacpipes.settings import Settings, load_settings
 from edge.polling import plain_value
 from sim.backfill import (
@@ -25,7 +22,7 @@ from sim.backfill import (
     default_end,
     timeline,
 )
-from tests.conftest import ADMIN_DSN
+from tests.conftest import fresh_database
 
 SITE = "sim-site"
 END = datetime(2025, 7, 3, tzinfo=UTC)  # history: Tue 1 and Wed 2 July 2025
@@ -47,14 +44,8 @@ def no_sockets_bound(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def other_dsn() -> Iterator[str]:
     """A second fresh database, like `db_dsn`, for comparing two runs."""
-    name = f"bacpipes_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(ADMIN_DSN, dbname=name)
-    migrate(dsn)
-    yield dsn
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database() as dsn:
+        yield dsn
 
 
 def settings_for(dsn: str, timezone: str = "UTC") -> Settings:
