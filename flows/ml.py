@@ -24,6 +24,7 @@ from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
 from central.ab import Period, PeriodResult, discomfort_kh, evaluate, switchback
 from central.baseline import BaselineModel, fit_baseline, metrics
+from central.closed_loop import closed_loop
 from central.registry import deploy, register, rollback
 from central.training import export, train
 
@@ -155,3 +156,12 @@ def ab_flow(config: str | None = None, start: datetime | None = None, days: int 
     return {"savings": verdict.savings, "ci": verdict.ci, "discomfort_ml": verdict.discomfort_ml,
             "discomfort_baseline": verdict.discomfort_baseline, "rollback": verdict.rollback,
             "reason": verdict.reason, "rolled_back_to": rolled_back_to}
+
+
+@flow(name="closed-loop")
+def closed_loop_flow(days: float = 14, zones: int = 3, seed: int = 11) -> dict[str, Any]:
+    """Baseline vs the exported model on two identical virtual buildings (see central.closed_loop)."""
+    report = closed_loop(days=days, zones=zones, seed=seed)
+    get_run_logger().info("closed loop over %g days: %s", days, report.summary())
+    return {"savings": report.savings, "baseline": report.baseline.__dict__, "ml": report.ml.__dict__,
+            "summary": report.summary()}
