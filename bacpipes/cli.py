@@ -84,6 +84,13 @@ def _flows_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flows_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_all
+
+    serve_all(args.config, central=args.central)
+    return 0
+
+
 def _edge_discover(args: argparse.Namespace) -> int:
     from edge.bacnet import BacnetClient, make_application
     from edge.discovery import discover
@@ -329,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_flow.add_argument("name", choices=["baseline", "train", "ab", "retention"])
     run_flow.add_argument("--days", type=int, help="history window (default: the flow's)")
     run_flow.set_defaults(func=_flows_run)
+    serve_flows = with_config(flows.add_parser("serve", help="run every flow on its schedule"))
+    serve_flows.add_argument("--central", action="store_true", help="retention with central's days")
+    serve_flows.set_defaults(func=_flows_serve)
 
     edge = sub.add_parser("edge").add_subparsers(dest="edge_command", required=True)
     with_config(edge.add_parser("discover", help="find devices and points")).set_defaults(func=_edge_discover)
