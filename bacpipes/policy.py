@@ -18,11 +18,17 @@ class Choice:
     in_band: bool
 
 
-def candidates(low: float, high: float, step: float = 0.5) -> list[float]:
-    """Setpoints from low to high inclusive; ML limits of the point bound them."""
+def candidates(low: float, high: float, step: float = 0.5, *, present: float | None = None,
+               max_change: float | None = None) -> list[float]:
+    """Setpoints from low to high inclusive (the point's ML limits), and within `max_change` of the
+    present setpoint when both are given (the executor refuses a bigger ML step anyway)."""
     if not low <= high or step <= 0:
         raise ValueError(f"bad candidate range {low}..{high} step {step}")
-    return [round(float(v), 3) for v in np.arange(low, high + step / 2, step)]
+    values = [round(float(v), 3) for v in np.arange(low, high + step / 2, step)]
+    if present is None or max_change is None:
+        return values
+    near = [v for v in values if abs(v - present) <= max_change + 1e-9]
+    return near or [min(values, key=lambda v: abs(v - present))]
 
 
 def choose(setpoints: Sequence[float], energy_kw: Sequence[float], zone_temp: Sequence[float],

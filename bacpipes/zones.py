@@ -32,6 +32,8 @@ class Zone:
     points: dict[str, int]  # role -> point_id
     ml_min: float | None
     ml_max: float | None
+    ml_max_step: float | None = None
+    present_setpoint: float | None = None  # the setpoint's latest reading
 
     @property
     def setpoint(self) -> int:
@@ -40,24 +42,25 @@ class Zone:
 
 def find_zones(conn: psycopg.Connection, site_id: str) -> list[Zone]:
     rows = conn.execute(
-        "SELECT point_id, object_name, ml_min_value, ml_max_value FROM point"
-        " WHERE site_id = %s AND object_name IS NOT NULL AND missing_since IS NULL",
+        "SELECT p.point_id, p.object_name, p.ml_min_value, p.ml_max_value, p.ml_max_step, s.value"
+        " FROM point p LEFT JOIN point_state s USING (site_id, point_id)"
+        " WHERE p.site_id = %s AND p.object_name IS NOT NULL AND p.missing_since IS NULL",
         (site_id,),
     ).fetchall()
     outdoor = [pid for pid, name, *_ in rows if name.endswith(f"-{OUTDOOR_SUFFIX}")]
     if not outdoor:
         return []
     by_zone: dict[str, dict[str, int]] = {}
-    limits: dict[str, tuple[float | None, float | None]] = {}
-    for pid, name, ml_min, ml_max in rows:
+    setpoints: dict[str, tuple[float | None, ...]] = {}
+    for pid, name, *limits in rows:
         prefix, _, suffix = name.partition("-")
         for role, wanted in SUFFIXES.items():
             if suffix == wanted:
                 by_zone.setdefault(prefix, {})[role] = pid
                 if role == "cooling_setpoint":
-                    limits[prefix] = (ml_min, ml_max)
+                    setpoints[prefix] = tuple(limits)  # ML min, max, step; present value
     return [
-        Zone(prefix, {**points, "outdoor_temp": outdoor[0]}, *limits.get(prefix, (None, None)))
+        Zone(prefix, {**points, "outdoor_temp": outdoor[0]}, *setpoints.get(prefix, (None,) * 4))
         for prefix, points in sorted(by_zone.items())
         if len(points) == len(SUFFIXES)
     ]

@@ -93,13 +93,13 @@ def explorer(low: float, high: float, seed: int) -> Controller:
 
 
 def ml_controller(
-    session: ort.InferenceSession, low: float, high: float, band: tuple[float, float]
+    session: ort.InferenceSession, low: float, high: float, band: tuple[float, float],
+    max_change: float | None = None,
 ) -> Controller:
-    options = candidates(low, high)
-
     def control(b: Building, frames: list[pl.DataFrame]) -> list[float] | None:
         chosen = []
         for zone, frame in zip(b.zones, frames, strict=True):
+            options = candidates(low, high, present=zone.inputs.cooling_setpoint, max_change=max_change)
             ready = frame.height > 1
             features = build_features(frame, ZONE_TZ, with_targets=False).tail(1) if ready else None
             if features is None or features.is_empty():
@@ -115,11 +115,13 @@ def ml_controller(
 
 def closed_loop(days: float = 14, zones: int = 3, seed: int = 11, start: datetime = datetime(2026, 7, 1),
                 every_s: float = 900, band: tuple[float, float] = (22.0, 25.0), fixed: float = 24.0,
-                limits: tuple[float, float] = (22.0, 26.0), margin: float = 0.5) -> ClosedLoopReport:
+                limits: tuple[float, float] = (22.0, 26.0), margin: float = 0.5,
+                max_change: float | None = None) -> ClosedLoopReport:
     """Explore, train and export, then run baseline and ML on the same evaluation days.
 
-    The policy aims `margin` inside the comfort band: the model's next-interval temperature is an
-    estimate, and discomfort is judged on the real zone."""
+    The policy aims `margin` inside the comfort band (the model's next-interval temperature is an
+    estimate; discomfort is judged on the real zone) and moves a setpoint at most `max_change` per
+    interval, as a point's ML step limit makes the executor require."""
     _, explored = run(zones, seed + 1000, start - timedelta(days=45), days, every_s,
                       explorer(*limits, seed), band)
     features = pl.concat([build_features(f, ZONE_TZ) for f in explored])
@@ -129,5 +131,5 @@ def closed_loop(days: float = 14, zones: int = 3, seed: int = 11, start: datetim
         session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
     baseline, _ = run(zones, seed, start, days, every_s, lambda b, f: [fixed] * len(b.zones), band)
     aim = (band[0] + margin, band[1] - margin)
-    ml, _ = run(zones, seed, start, days, every_s, ml_controller(session, *limits, aim), band)
+    ml, _ = run(zones, seed, start, days, every_s, ml_controller(session, *limits, aim, max_change), band)
     return ClosedLoopReport(baseline, ml)

@@ -137,7 +137,8 @@ class EdgeInference:
         if features.is_empty():
             decision.detail = "incomplete inputs"
             return decision
-        options = candidates(zone.ml_min, zone.ml_max, ml.candidate_step_c)
+        options = candidates(zone.ml_min, zone.ml_max, ml.candidate_step_c, present=zone.present_setpoint,
+                             max_change=zone.ml_max_step)  # what the executor would accept
         batch = pl.concat([with_setpoint(features, s) for s in options]).select(FEATURES)
         try:
             predicted = model.session.run(None, {"features": batch.to_numpy().astype(np.float32)})[0]

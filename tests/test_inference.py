@@ -165,3 +165,12 @@ def test_the_edge_follows_the_ab_schedule(site: Settings, onnx_model: bytes) -> 
     assert during_baseline.command_id is None and during_baseline.detail == "A/B: a baseline period"
     kinds = rows(site.database.dsn, "SELECT command_type FROM write_commands ORDER BY created_at")
     assert kinds == [("write_value",), ("release_priority",)]  # the building's own control is back
+
+
+def test_choices_stay_within_the_ml_step_of_the_present_setpoint(site: Settings, onnx_model: bytes) -> None:
+    with psycopg.connect(site.database.dsn) as conn:
+        conn.execute("UPDATE point SET ml_max_step = 0.5 WHERE point_id = 2")
+        conn.execute("INSERT INTO point_state (site_id, point_id, value) VALUES ('s1', 2, 24.0)")
+    deploy(site.database.dsn, onnx_model, "1", "shadow")
+    [decision] = EdgeInference(site).step(NOW)
+    assert 23.5 <= decision.setpoint <= 24.5
