@@ -5,6 +5,7 @@ inputs never write, and the ML priority is given back when the model is switched
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from central.registry import deploy as deploy_model
 from central.registry import register, rollback
 from central.training import export, train
 from edge.inference import EdgeInference
+from sim.server import ThreadedBuilding
+from tests.conftest import make_settings
+from tests.edge_harness import discover_site, running_agent
 from tests.test_training import zone_history
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -174,3 +178,32 @@ def test_choices_stay_within_the_ml_step_of_the_present_setpoint(site: Settings,
     deploy(site.database.dsn, onnx_model, "1", "shadow")
     [decision] = EdgeInference(site).step(NOW)
     assert 23.5 <= decision.setpoint <= 24.5
+
+
+def test_a_new_deployment_is_hot_swapped_in_a_running_agent(db_dsn: str, broker, tmp_path: Path,
+                                                             onnx_model: bytes) -> None:
+    agent_settings = make_settings(
+        db_dsn, broker.url, tmp_path, site={"id": "s1", "timezone": "UTC"},
+        bacnet={"address": "127.0.0.105/8:47905"}, discovery={"targets": ["127.0.0.160"]},
+        polling={"default_interval_s": 1}, ml={"enabled": True, "interval_s": 1},
+    )
+
+    def versions() -> set[str]:
+        return {v for (v,) in rows(db_dsn, "SELECT DISTINCT version FROM inference_log")}
+
+    with ThreadedBuilding(devices=1, address_base="127.0.0.160", seed=1, speed=0):
+        discover_site(agent_settings)
+        with running_agent(agent_settings, discover_first=False) as agent:
+            deploy(db_dsn, onnx_model, "1", "shadow")
+            wait_for(lambda: versions() == {"1"}, 20)
+            deploy(db_dsn, onnx_model, "2", "shadow")
+            wait_for(lambda: "2" in versions(), 20)
+            assert all(not p.failures for p in agent.pollers)  # polling carried on throughout
+    assert rows(db_dsn, "SELECT count(*) FROM write_commands") == [(0,)]  # shadow never writes
+
+
+def wait_for(check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
