@@ -74,10 +74,11 @@ def _sim_backfill(args: argparse.Namespace) -> int:
 def _flows_run(args: argparse.Namespace) -> int:
     import json
 
-    from flows.ml import ab_flow, baseline_flow, train_flow
+    from flows.ml import ab_flow, ab_plan_flow, baseline_flow, train_flow
     from flows.retention import retention_flow
 
-    flows = {"baseline": baseline_flow, "train": train_flow, "ab": ab_flow, "retention": retention_flow}
+    flows = {"baseline": baseline_flow, "train": train_flow, "ab": ab_flow, "ab-plan": ab_plan_flow,
+             "retention": retention_flow}
     windowed = args.days and args.name != "retention"
     result = flows[args.name](args.config, days=args.days) if windowed else flows[args.name](args.config)
     print(json.dumps(result, indent=2, default=str))
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     flows = sub.add_parser("flows").add_subparsers(dest="flows_command", required=True)
     run_flow = with_config(flows.add_parser("run", help="run one flow now"))
-    run_flow.add_argument("name", choices=["baseline", "train", "ab", "retention"])
+    run_flow.add_argument("name", choices=["baseline", "train", "ab-plan", "ab", "retention"])
     run_flow.add_argument("--days", type=int, help="history window (default: the flow's)")
     run_flow.set_defaults(func=_flows_run)
     serve_flows = with_config(flows.add_parser("serve", help="run every flow on its schedule"))

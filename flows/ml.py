@@ -22,7 +22,7 @@ from bacpipes.features import build_features
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
-from central.ab import Period, PeriodResult, discomfort_kh, evaluate, switchback
+from central.ab import Period, PeriodResult, discomfort_kh, evaluate, publish_schedule, switchback
 from central.baseline import BaselineModel, fit_baseline, metrics
 from central.closed_loop import closed_loop
 from central.registry import deploy, register, rollback
@@ -165,3 +165,16 @@ def closed_loop_flow(days: float = 14, zones: int = 3, seed: int = 11) -> dict[s
     get_run_logger().info("closed loop over %g days: %s", days, report.summary())
     return {"savings": report.savings, "baseline": report.baseline.__dict__, "ml": report.ml.__dict__,
             "summary": report.summary()}
+
+
+@flow(name="ab-plan")
+def ab_plan_flow(config: str | None = None, start: datetime | None = None, days: int = 14,
+                 hours_per_period: int = 24, seed: int = 0) -> int:
+    """Publish the switchback schedule the site's edge will follow (and the ab flow will evaluate)."""
+    settings = load_settings(config)
+    start = start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    periods = switchback(start, days, hours_per_period, seed)
+    with psycopg.connect(settings.database.dsn) as conn:
+        added = publish_schedule(conn, settings.site.id, periods)
+    get_run_logger().info("A/B schedule for %s: %d periods from %s", settings.site.id, added, start)
+    return added

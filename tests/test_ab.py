@@ -14,7 +14,7 @@ import pytest
 from bacpipes.settings import load_settings
 from central.ab import PeriodResult, discomfort_kh, evaluate, switchback
 from central.registry import deploy, register
-from flows.ml import ab_flow, baseline_flow
+from flows.ml import ab_flow, ab_plan_flow, baseline_flow
 from sim.backfill import backfill
 from tests.test_flows import config
 from tests.test_inference import onnx_model  # noqa: F401  (a trained model)
@@ -90,3 +90,12 @@ def test_ab_flow_rolls_back_a_model_that_uses_more_energy(prefect, onnx_model: b
         alert = conn.execute("SELECT severity, message FROM alerts WHERE source = 'ab'").fetchone()
     assert newest[:2] == ("1", "active") and "rollback from 2" in newest[2]
     assert alert[0] == "critical" and "rolled back to 1" in alert[1]
+
+
+def test_ab_plan_flow_publishes_the_schedule_once(prefect, db_dsn: str, tmp_path: Path) -> None:
+    conf = config(tmp_path, db_dsn)
+    assert ab_plan_flow(conf, start=START, days=4, hours_per_period=12, seed=3) == 8
+    assert ab_plan_flow(conf, start=START, days=4, hours_per_period=12, seed=3) == 0  # nothing new
+    with psycopg.connect(db_dsn) as conn:
+        arms = [a for (a,) in conn.execute("SELECT arm FROM ab_schedule ORDER BY period_start")]
+    assert arms == [p.arm for p in switchback(START, 4, 12, 3)] and arms.count("ml") == 4
