@@ -174,8 +174,6 @@ def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps) -> None:
     ident = sql.Identifier(name)
     try:
         conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
-    except psycopg.errors.ObjectNotInPrerequisiteState:
-        raise
     except psycopg.OperationalError:
         conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
         conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
