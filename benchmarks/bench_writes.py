@@ -25,16 +25,14 @@ import psycopg
 from bacpypes3.primitivedata import Null
 
 from bacpipes.commands import Command, insert_command
-from bacpipes.db import migrate
 from bacpipes.mqtt import no_delay
 from bacpipes.settings import Settings, load_settings
 from benchmarks.common import sim_process
 from edge.bacnet import BacnetClient, make_application
-from edge.discovery import discover
 from tests.brokers import MosquittoBroker
-from tests.edge_harness import running_agent
+from tests.conftest import fresh_database
+from tests.edge_harness import discover_site, ready_agent
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BASE = "127.0.0.50"
 SETPOINT = "analog-value,1"
 
@@ -59,14 +57,6 @@ async def device_round_trips(settings: Settings, count: int) -> list[float]:
             times.append(time.perf_counter() - start)
         await client.write(BASE, SETPOINT, "presentValue", Null(()), 8)  # leave the slot as found
         return times
-    finally:
-        client.close()
-
-
-async def discover_site(settings: Settings) -> None:
-    client = BacnetClient(make_application(settings.bacnet))
-    try:
-        await discover(client, settings)
     finally:
         client.close()
 
@@ -130,47 +120,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--commands", type=int, default=1000)
     args = parser.parse_args()
-    db = f"bacpipes_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{db}"
-    try:
-        migrate(dsn)
-        with tempfile.TemporaryDirectory() as tmp, sim_process(1, 0, BASE):
-            broker = MosquittoBroker(Path(tmp) / "broker", persistence=False).start()
-            try:
-                settings = load_settings(
-                    None,
-                    database={"dsn": dsn},
-                    mqtt={"url": broker.url, "client_id": f"bench-{uuid.uuid4().hex[:6]}"},
-                    discovery={"targets": [BASE], "timeout_s": 1.0},
-                    polling={"default_interval_s": 30},
-                    spool={"path": str(Path(tmp) / "spool.sqlite")},
-                    ingest={"enabled": False},
-                )
-                direct = asyncio.run(device_round_trips(settings, args.commands))
-                asyncio.run(discover_site(settings))
-                with psycopg.connect(dsn) as conn:
-                    point_id = conn.execute(
-                        "SELECT point_id FROM point"
-                        " WHERE object_type = 'analog-value' AND object_instance = 1"
-                    ).fetchone()[0]
-                with running_agent(settings, discover_first=False) as agent:
-                    while not (agent.executor and agent.executor.ready.is_set() and agent.commands
-                               and agent.commands.subscribed.is_set()):
-                        time.sleep(0.05)
-                    by_mqtt = mqtt_path(settings, broker.port, point_id, args.commands)
-                    by_db = database_path(settings, point_id, args.commands)
-            finally:
-                broker.stop()
-        print(f"{args.commands:,} commands each, one at a time, to a virtual controller on loopback")
-        floor = stats("baseline: WriteProperty + 2 reads, direct", direct)
-        stats("MQTT command -> result message (p99 < 50 ms)", by_mqtt, floor)
-        stats("database insert -> completed (p99 < 1 s)", by_db, floor)
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
+    with fresh_database() as dsn, tempfile.TemporaryDirectory() as tmp, sim_process(1, 0, BASE):
+        broker = MosquittoBroker(Path(tmp) / "broker", persistence=False).start()
+        try:
+            settings = load_settings(
+                None,
+                database={"dsn": dsn},
+                mqtt={"url": broker.url, "client_id": f"bench-{uuid.uuid4().hex[:6]}"},
+                discovery={"targets": [BASE], "timeout_s": 1.0},
+                polling={"default_interval_s": 30},
+                spool={"path": str(Path(tmp) / "spool.sqlite")},
+                ingest={"enabled": False},
+            )
+            direct = asyncio.run(device_round_trips(settings, args.commands))
+            discover_site(settings)
+            with psycopg.connect(dsn) as conn:
+                point_id = conn.execute(
+                    "SELECT point_id FROM point WHERE object_type = 'analog-value' AND object_instance = 1"
+                ).fetchone()[0]
+            with ready_agent(settings):
+                by_mqtt = mqtt_path(settings, broker.port, point_id, args.commands)
+                by_db = database_path(settings, point_id, args.commands)
+        finally:
+            broker.stop()
+    print(f"{args.commands:,} commands each, one at a time, to a virtual controller on loopback")
+    floor = stats("baseline: WriteProperty + 2 reads, direct", direct)
+    stats("MQTT command -> result message (p99 < 50 ms)", by_mqtt, floor)
+    stats("database insert -> completed (p99 < 1 s)", by_db, floor)
 
 if __name__ == "__main__":
     main()
