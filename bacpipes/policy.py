@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import polars as pl
+
+from bacpipes.features import FEATURES, with_setpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +47,12 @@ def choose(setpoints: Sequence[float], energy_kw: Sequence[float], zone_temp: Se
     if comfortable:
         return min(comfortable, key=lambda o: (o.energy_kw, o.setpoint))
     return min(options, key=lambda o: (max(low - o.zone_temp, o.zone_temp - high), o.energy_kw))
+
+
+def best_setpoint(session: Any, features: pl.DataFrame, options: Sequence[float],
+                  band: tuple[float, float]) -> Choice:
+    """Ask the ONNX model (`session`) about each candidate for the same instant (one feature row), then
+    choose. The edge and the closed-loop evaluation both decide through here."""
+    batch = pl.concat([with_setpoint(features, s) for s in options]).select(FEATURES)
+    predicted = session.run(None, {"features": batch.to_numpy().astype(np.float32)})[0]
+    return choose(options, predicted[:, 0], predicted[:, 1], band)

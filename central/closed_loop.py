@@ -17,12 +17,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import onnxruntime as ort
 import polars as pl
 
-from bacpipes.features import FEATURES, build_features, with_setpoint
-from bacpipes.policy import candidates, choose
+from bacpipes.features import build_features
+from bacpipes.policy import best_setpoint, candidates
 from central.ab import discomfort_kh
 from central.training import export, train
 from sim.physics import Building
@@ -105,9 +104,7 @@ def ml_controller(
             if features is None or features.is_empty():
                 chosen.append(zone.inputs.cooling_setpoint)  # fail-safe: keep what it has
                 continue
-            batch = pl.concat([with_setpoint(features, s) for s in options]).select(FEATURES)
-            predicted = session.run(None, {"features": batch.to_numpy().astype(np.float32)})[0]
-            chosen.append(choose(options, predicted[:, 0], predicted[:, 1], band).setpoint)
+            chosen.append(best_setpoint(session, features, options, band).setpoint)
         return chosen
 
     return control

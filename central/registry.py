@@ -9,9 +9,10 @@ import json
 import uuid
 from pathlib import Path
 
-import onnx
 import psycopg
 from psycopg.types.json import Jsonb
+
+from central.training import read_metadata
 
 MODES = ("shadow", "active", "off")
 
@@ -19,7 +20,7 @@ MODES = ("shadow", "active", "off")
 def register(conn: psycopg.Connection, name: str, version: str, path: Path, created_by: str) -> str:
     """Store the ONNX file (exported and parity-checked by central.training.export); returns its sha256."""
     data = path.read_bytes()
-    metadata = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    metadata = read_metadata(path)
     metrics = json.loads(metadata.get("metrics", "{}"))
     digest = hashlib.sha256(data).hexdigest()
     conn.execute(

@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
-import polars as pl
 import psycopg
 
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
-from bacpipes.features import FEATURES, build_features, with_setpoint
-from bacpipes.policy import candidates, choose
+from bacpipes.features import build_features
+from bacpipes.policy import best_setpoint, candidates
 from bacpipes.settings import Settings
 from bacpipes.zones import Zone, find_zones, zone_frame
 
@@ -139,13 +137,11 @@ class EdgeInference:
             return decision
         options = candidates(zone.ml_min, zone.ml_max, ml.candidate_step_c, present=zone.present_setpoint,
                              max_change=zone.ml_max_step)  # what the executor would accept
-        batch = pl.concat([with_setpoint(features, s) for s in options]).select(FEATURES)
         try:
-            predicted = model.session.run(None, {"features": batch.to_numpy().astype(np.float32)})[0]
+            choice = best_setpoint(model.session, features, options, (ml.comfort_low_c, ml.comfort_high_c))
         except Exception as exc:
             decision.detail = f"model failed: {exc}"
             return decision
-        choice = choose(options, predicted[:, 0], predicted[:, 1], (ml.comfort_low_c, ml.comfort_high_c))
         decision.setpoint, decision.energy_kw, decision.zone_temp = (
             choice.setpoint, float(choice.energy_kw), float(choice.zone_temp)
         )
