@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -201,6 +202,7 @@ def load_readings(
     dsn: str | None = None,
     site_id: str | None = None,
     as_pandas: bool = False,
+    conn: psycopg.Connection | None = None,
 ) -> pl.DataFrame | pd.DataFrame:
     """Readings of `points` (ids, haystack names or object names; None = every point) in [start, end).
 
@@ -208,7 +210,8 @@ def load_readings(
     With `every` ('15min', '1h', '1d', …) each row is a bin: value is the mean, plus min, max, count;
     whole hours are read from `readings_hourly`, anything else is binned from raw readings.
     `time` is timezone-aware in the site's zone. Naive `start`/`end` are site-local; None is unbounded.
-    Connection details default to the settings (`$BACPIPES_CONFIG` or the embedded defaults).
+    Connection details default to the settings (`$BACPIPES_CONFIG` or the embedded defaults); a caller
+    that already holds a connection (edge inference, the app) passes it as `conn`.
     """
     settings = settings or load_settings()
     zone = settings.site.tz
@@ -216,9 +219,9 @@ def load_readings(
     step = parse_every(every) if every is not None else None
     lower, upper = _as_time(start, zone), _as_time(end, zone)
     origin = datetime(2000, 1, 1, tzinfo=zone)
-    with connect(dsn or settings.database.dsn) as conn:
-        meta = resolve_points(conn, site, points)
-        data = _fetch(conn, site, meta["point_id"].to_list(), lower, upper, step, origin)
+    with nullcontext(conn) if conn is not None else connect(dsn or settings.database.dsn) as db:
+        meta = resolve_points(db, site, points)
+        data = _fetch(db, site, meta["point_id"].to_list(), lower, upper, step, origin)
     frame = _shape(data, meta, zone)
     return frame.to_pandas() if as_pandas else frame
 

@@ -67,10 +67,12 @@ def find_zones(conn: psycopg.Connection, site_id: str) -> list[Zone]:
 
 
 def zone_frame(
-    zone: Zone, start: datetime, end: datetime, every: timedelta, settings: Settings
+    zone: Zone, start: datetime, end: datetime, every: timedelta, settings: Settings,
+    conn: psycopg.Connection | None = None,
 ) -> pl.DataFrame:
     """One row per `every` with each role's mean; occupancy as a 0..1 fraction."""
-    long = load_readings(list(zone.points.values()), start, end, every=every, settings=settings)
+    long = load_readings(list(zone.points.values()), start, end, every=every, settings=settings,
+                         conn=conn)
     role_of = pl.DataFrame({"point_id": list(zone.points.values()), "role": list(zone.points.keys())})
     wide = long.join(role_of, on="point_id").pivot(on="role", index="time", values="value").sort("time")
     missing = [r for r in ROLES if r not in wide.columns]

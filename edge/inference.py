@@ -110,7 +110,7 @@ class EdgeInference:
                     decision = Decision(zone.name, zone.setpoint, detail="A/B: a baseline period")
                     self.last_good.pop(zone.setpoint, None)  # give the priority back now
                 else:
-                    decision = self._decide(zone, model, now)
+                    decision = self._decide(conn, zone, model, now)
                 if model and model.mode == "active" and decision.setpoint is not None:
                     decision.command_id = self._write(conn, zone, model, decision, now)
                 self._release_if_due(conn, zone, model, now)
@@ -120,14 +120,14 @@ class EdgeInference:
             conn.commit()
         return decisions
 
-    def _decide(self, zone: Zone, model: Loaded, now: datetime) -> Decision:
+    def _decide(self, conn: psycopg.Connection, zone: Zone, model: Loaded, now: datetime) -> Decision:
         ml = self.settings.ml
         decision = Decision(zone.name, zone.setpoint)
         if zone.ml_min is None or zone.ml_max is None:
             decision.detail = "the setpoint has no ML limits"
             return decision
         every = timedelta(seconds=ml.interval_s)
-        frame = zone_frame(zone, now - 3 * every, now, every, self.settings)
+        frame = zone_frame(zone, now - 3 * every, now, every, self.settings, conn)
         if frame.is_empty() or (now - frame["time"].max()).total_seconds() > ml.stale_after_s:
             decision.detail = "stale or missing inputs"
             return decision

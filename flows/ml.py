@@ -69,12 +69,12 @@ def baseline_flow(config: str | None = None, days: int = 90, end: datetime | Non
 
 @task(retries=3, retry_delay_seconds=10)
 def training_set(settings: Settings, start: datetime, end: datetime, every: timedelta) -> pl.DataFrame:
+    tz = settings.site.timezone
     with connect(settings.database.dsn) as conn:
         zones = find_zones(conn, settings.site.id)
-    if not zones:
-        raise ValueError(f"site {settings.site.id} has no zones with every role (see bacpipes.zones)")
-    tz = settings.site.timezone
-    frames = [build_features(zone_frame(z, start, end, every, settings), tz) for z in zones]
+        if not zones:
+            raise ValueError(f"site {settings.site.id} has no zones with every role (see bacpipes.zones)")
+        frames = [build_features(zone_frame(z, start, end, every, settings, conn), tz) for z in zones]
     return pl.concat(frames).sort("time")
 
 
