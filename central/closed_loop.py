@@ -5,6 +5,12 @@ and thermal discomfort for both.
 
 The model is trained first on a separate exploration run (another seed and month, setpoints varied at
 random each hour) so it has seen what a setpoint change does; it never sees the evaluation days.
+
+What it finds (14 days, 3 zones): about 7 % less site energy, no discomfort, a higher peak. The policy
+looks one interval ahead, so it learns to cycle each coil: a high setpoint switches the coil off for
+15 minutes, a low one pulls the zone back. Zones float ~0.3 K warmer on average (the saving) and the
+pull-downs stack (the peak). A penalty on setpoint changes removes the cycling and the saving with it;
+more needs a multi-step horizon and the site's electrical power as the objective.
 """
 
 from __future__ import annotations
