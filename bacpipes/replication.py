@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
 
 from bacpipes.certs import client_conninfo
 from bacpipes.db import connect
@@ -83,21 +84,24 @@ class Steps:
 # --- site side ------------------------------------------------------------------------------------
 
 HEARTBEAT = """
-INSERT INTO site_heartbeat AS h (site_id, at, wal_lsn, latest_reading, slots)
+INSERT INTO site_heartbeat AS h (site_id, at, wal_lsn, latest_reading, slots, agent)
 SELECT %(site)s, clock_timestamp(), pg_current_wal_lsn(),
        (SELECT max(time) FROM point_state WHERE site_id = %(site)s),
        coalesce((SELECT jsonb_agg(jsonb_build_object(
                     'slot', slot_name, 'active', active, 'wal_status', wal_status,
                     'safe_wal_size', safe_wal_size, 'confirmed_flush_lsn', confirmed_flush_lsn))
-                 FROM pg_replication_slots WHERE slot_name LIKE 'bacpipes%%'), '[]')
+                 FROM pg_replication_slots WHERE slot_name LIKE 'bacpipes%%'), '[]'),
+       %(agent)s
 ON CONFLICT (site_id) DO UPDATE SET at = EXCLUDED.at, wal_lsn = EXCLUDED.wal_lsn,
-    latest_reading = EXCLUDED.latest_reading, slots = EXCLUDED.slots
+    latest_reading = EXCLUDED.latest_reading, slots = EXCLUDED.slots,
+    agent = coalesce(EXCLUDED.agent, h.agent)
 """
 
 
-def heartbeat(conn: psycopg.Connection, site_id: str) -> None:
-    """Tell central (through the replication stream itself) where the site is; the agent calls this."""
-    conn.execute(HEARTBEAT, {"site": site_id})
+def heartbeat(conn: psycopg.Connection, site_id: str, agent: dict[str, Any] | None = None) -> None:
+    """Tell central (through the replication stream itself) where the site is; the agent calls this
+    with its health counters, which the app and the alert rules read on the site and on central."""
+    conn.execute(HEARTBEAT, {"site": site_id, "agent": Jsonb(agent) if agent is not None else None})
     conn.commit()
 
 

@@ -208,7 +208,8 @@ class EdgeAgent:
         """Central measures replication lag by this row's age when it arrives there."""
         try:
             with connect(self.settings.database.dsn) as conn:
-                heartbeat(conn, self.settings.site.id)
+                heartbeat(conn, self.settings.site.id,
+                          {**self.health(), "heartbeat_s": self.settings.replication.heartbeat_s})
         except Exception as exc:  # the database being away must not stop polling
             log.warning("replication heartbeat not written: %s", exc)
 
