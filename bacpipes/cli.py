@@ -135,7 +135,7 @@ def _edge_ingest(args: argparse.Namespace) -> int:
 
 
 def _points_list(args: argparse.Namespace) -> int:
-    from edge.points import list_points
+    from bacpipes.points import list_points
 
     for row in list_points(load_settings(args.config), device=args.device, match=args.match):
         print("\t".join("" if v is None else str(v) for v in row))
@@ -143,7 +143,7 @@ def _points_list(args: argparse.Namespace) -> int:
 
 
 def _points_set(args: argparse.Namespace) -> int:
-    from edge.points import update_points
+    from bacpipes.points import update_points
 
     count = update_points(
         load_settings(args.config),

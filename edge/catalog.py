@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from bacpipes.contracts import object_type_token
 from bacpipes.db import connect
-from bacpipes.tagging import auto_tags, describe
+from bacpipes.tagging import auto_tags, refresh_names
 
 if TYPE_CHECKING:
     from edge.bacnet import PeerInfo
@@ -154,43 +153,6 @@ def record_discovery(
         )
         refresh_names(cur, site_id)
     return new, missing
-
-
-def refresh_names(cur: Any, site_id: str) -> None:
-    """Recompute haystack name, display name and topic from auto tags overlaid by user tags.
-
-    Two points with the same tags would share a haystack name; the later ones get their BACnet
-    object id appended, so the name stays a unique handle for people and models.
-    """
-    cur.execute(
-        "SELECT p.point_id, p.device_id, d.name AS device_name, p.object_type, p.object_instance,"
-        " p.object_name, p.description, p.auto_tags || p.user_tags AS tags,"
-        " p.haystack_name, p.dis, p.topic"
-        " FROM point p JOIN device d USING (site_id, device_id)"
-        " WHERE p.site_id = %s ORDER BY p.device_id, p.object_type, p.object_instance",
-        (site_id,),
-    )
-    updates = []
-    taken: set[str] = set()
-    for pid, device_id, device_name, otype, inst, oname, desc, tags, *current in cur.fetchall():
-        haystack, dis, topic = describe(
-            tags,
-            device_name=device_name,
-            device_id=device_id,
-            object_type=otype,
-            object_instance=inst,
-            object_name=oname,
-            description=desc,
-        )
-        if haystack in taken:
-            haystack = f"{haystack}.{object_type_token(otype)}{inst}"
-        taken.add(haystack)
-        if [haystack, dis, topic] != current:
-            updates.append((haystack, dis, topic, site_id, pid))
-    cur.executemany(
-        "UPDATE point SET haystack_name = %s, dis = %s, topic = %s WHERE site_id = %s AND point_id = %s",
-        updates,
-    )
 
 
 def load_poll_plan(

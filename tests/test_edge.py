@@ -22,10 +22,10 @@ import psycopg
 import pytest
 
 from bacpipes.contracts import health_topic, reading_filter
+from bacpipes.points import update_points
 from bacpipes.settings import BacnetSettings
 from edge.bacnet import BacnetClient, BacnetError, make_application
 from edge.discovery import discover
-from edge.points import update_points
 from edge.polling import plain_value
 from sim.server import ThreadedBuilding
 from tests.brokers import Collector

@@ -1,4 +1,5 @@
-"""Bulk point administration for operators (the UI comes later): list, tag, publish, interval."""
+"""Operator point settings (CLI and app): list, tag, publish, interval, QoS, write limits. They survive
+rediscovery: discovery never touches these columns."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from bacpipes.db import connect
 from bacpipes.settings import Settings
-from edge.catalog import refresh_names
+from bacpipes.tagging import refresh_names
 
 _COLUMNS = (
     "point_id",
@@ -31,13 +32,15 @@ _COLUMNS = (
 
 
 def _selected(
-    cur: Any, site_id: str, device: int | None, match: str | None, object_type: str | None = None
+    cur: Any, site_id: str, device: int | None, match: str | None, object_type: str | None = None,
+    point_ids: list[int] | None = None,
 ) -> list[tuple]:
     cur.execute(
         f"SELECT {', '.join(_COLUMNS)} FROM point WHERE site_id = %s"
         " AND (%s::int IS NULL OR device_id = %s) AND (%s::text IS NULL OR object_type = %s)"
+        " AND (%s::bigint[] IS NULL OR point_id = ANY(%s))"
         " ORDER BY device_id, object_type, object_instance",
-        (site_id, device, device, object_type, object_type),
+        (site_id, device, device, object_type, object_type, point_ids, point_ids),
     )
     rows = cur.fetchall()
     if match:
@@ -83,6 +86,7 @@ def update_points(
     device: int | None = None,
     match: str | None = None,
     object_type: str | None = None,
+    point_ids: list[int] | None = None,
     publish: str | None = None,
     interval_s: float | None = None,
     qos: int | None = None,
@@ -99,7 +103,7 @@ def update_points(
     limit_edits = {column: _limit(column, text) for column, text in (limits or {}).items()}
     site = settings.site.id
     with connect(settings.database.dsn) as conn, conn.cursor() as cur:
-        ids = [r[0] for r in _selected(cur, site, device, match, object_type)]
+        ids = [r[0] for r in _selected(cur, site, device, match, object_type, point_ids)]
         if not ids:
             return 0
         if publish is not None:
