@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -288,6 +289,48 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    """Serve the Streamlit app; it reads the same settings file (passed on as $BACPIPES_CONFIG)."""
+    from pathlib import Path
+
+    settings = load_settings(args.config)
+    env = dict(os.environ)
+    if args.config:
+        env["BACPIPES_CONFIG"] = str(Path(args.config).resolve())
+    app = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
+    if not app.exists():  # installed as a wheel
+        import streamlit_app
+
+        app = Path(streamlit_app.__file__).parent / "app.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host or settings.ui.host,
+        "--server.port", str(args.port or settings.ui.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.showErrorDetails", "none", "--client.toolbarMode", "viewer",
+    ]
+    os.execvpe(command[0], command, env)  # Streamlit takes over this process (signals included)
+
+
+def _users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bacpipes.db import connect
+    from bacpipes.users import add_user
+
+    settings = load_settings(args.config)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the passwords differ")
+    with connect(settings.database.dsn) as conn:
+        add_user(conn, args.name, password, args.role)
+    print(f"user {args.name} ({args.role}) saved in {settings.database.dsn.rsplit('/', 1)[-1]}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bacpipes.demo import run_demo
 
@@ -379,6 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
     authority.add_argument("--minutes", type=float, default=60.0, help="length of a remote grant")
     authority.add_argument("--reason")
     authority.set_defaults(func=_authority)
+
+    ui = with_config(sub.add_parser("ui", help="serve the web app (Streamlit) for a site or central"))
+    ui.add_argument("--host", help="address to listen on (default: [ui] host, 127.0.0.1)")
+    ui.add_argument("--port", type=int, help="port (default: [ui] port, 8501)")
+    ui.set_defaults(func=_ui)
+
+    users = sub.add_parser("users", help="app users: operators may write and deploy, viewers only read")
+    add = with_config(users.add_subparsers(dest="users_command", required=True).add_parser(
+        "add", help="create a user, or set a new password and role"))
+    add.add_argument("name")
+    add.add_argument("--role", choices=["viewer", "operator"], required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.set_defaults(func=_users)
 
     central = sub.add_parser("central").add_subparsers(dest="central_command", required=True)
     with_config(central.add_parser("init", help="prepare the central database")).set_defaults(

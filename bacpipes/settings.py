@@ -126,6 +126,50 @@ class SpoolSettings(BaseModel):
     path: str = "var/spool.sqlite"
 
 
+class AlertSettings(BaseModel):
+    """The operations alert rules (`central.alerts`) and where new alerts are sent.
+
+    Nothing is sent unless webhook_url or smtp_host + mail_to are set; alerts are stored either way. The
+    SMTP password belongs in the environment (BACPIPES_ALERTS__SMTP_PASSWORD), never in the TOML file.
+    """
+
+    webhook_url: str | None = None  # HTTP POST, one JSON object per new alert (Slack-style "text" included)
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    mail_from: str = "bacpipes@localhost"
+    mail_to: list[str] = []
+    delivery_timeout_s: float = Field(10.0, gt=0)
+    # the seed's thresholds
+    write_failure_rate: float = Field(0.05, ge=0, le=1)  # failed / (completed + failed), last hour
+    write_min_commands: int = Field(5, ge=1)  # fewer outcomes than this in the hour: no verdict
+    read_failure_rate: float = Field(0.10, ge=0, le=1)
+    read_min_reads: int = Field(20, ge=1)  # for the agent's cumulative counters (central's view)
+    disk_free_min: float = Field(0.20, ge=0, le=1)
+    disk_path: str | None = None  # default: the database's data directory, when it is on this host
+    db_down_s: float = Field(60.0, ge=0)
+    connect_timeout_s: int = Field(10, ge=1)
+    state_path: str = "var/alerts-state.json"  # remembers a database outage the database cannot hold
+
+
+class BackupSettings(BaseModel):
+    dir: str = "var/backups"
+    keep_days: int = Field(7, ge=1)
+
+
+class UiSettings(BaseModel):
+    """The Streamlit app (`bacpipes ui`): on loopback unless told otherwise (put TLS in front of it)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8501, ge=1, le=65535)
+    live_refresh_s: float = Field(5.0, gt=0)
+    stale_after_intervals: float = Field(3.0, gt=0)  # a value older than this many poll intervals is stale
+    raw_max_days: float = Field(2.0, gt=0)  # longer trend ranges read the hourly rollup
+    write_wait_s: float = Field(10.0, gt=0)  # how long a write from the app waits for the device's answer
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BACPIPES_", env_nested_delimiter="__", extra="ignore")
 
@@ -141,6 +185,9 @@ class Settings(BaseSettings):
     replication: ReplicationSettings = ReplicationSettings()
     central: CentralSettings = CentralSettings()
     ml: MlSettings = MlSettings()
+    alerts: AlertSettings = AlertSettings()
+    backups: BackupSettings = BackupSettings()
+    ui: UiSettings = UiSettings()
 
     @classmethod
     def settings_customise_sources(

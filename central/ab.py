@@ -19,6 +19,12 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from bacpipes.db import connect
+from bacpipes.readings import load_readings
+from bacpipes.settings import Settings
+from bacpipes.zones import find_zones, site_hourly
+from central.baseline import BaselineModel
+
 
 @dataclass(frozen=True)
 class Period:
@@ -108,3 +114,29 @@ def evaluate(results: Sequence[PeriodResult], *, max_energy_loss: float = 0.02,
                        f"(limit {max_extra_discomfort_kh:g})")
     return Verdict(savings, ci, comfort_ml, comfort_base, (len(ml), len(base)), bool(reasons),
                    "; ".join(reasons) or "ML within limits")
+
+
+def score(settings: Settings, periods: Sequence[Period]) -> list[PeriodResult]:
+    """Energy normalised by the latest stored baseline, and discomfort per zone, for each period."""
+    start, end = periods[0].start, periods[-1].end
+    with connect(settings.database.dsn) as conn:
+        row = conn.execute("SELECT model FROM baseline_models WHERE site_id = %s ORDER BY fitted_at DESC"
+                           " LIMIT 1", (settings.site.id,)).fetchone()
+        zones = find_zones(conn, settings.site.id)
+    if row is None:
+        raise ValueError(f"no baseline stored for {settings.site.id}: run the baseline flow first")
+    baseline = BaselineModel.from_dict(row[0])
+    hourly = site_hourly(settings, start, end)
+    predicted = baseline.predict(hourly)
+    temps = load_readings([z.points["zone_temp"] for z in zones], start, end, every="1h", settings=settings)
+    temps = temps.to_pandas().pivot_table(index="time", columns="point_id", values="value")
+    band = (settings.ml.comfort_low_c, settings.ml.comfort_high_c)
+    results = []
+    for p in periods:
+        inside = (hourly.index >= p.start) & (hourly.index < p.end)
+        in_temps = (temps.index >= p.start) & (temps.index < p.end)
+        results.append(PeriodResult(
+            p, float(hourly["energy_kwh"][inside].sum() / predicted[inside].sum()),
+            discomfort_kh(temps[in_temps], band, 1.0) / max(len(zones), 1),
+        ))
+    return results

@@ -19,11 +19,10 @@ from psycopg.types.json import Jsonb
 
 from bacpipes.db import connect
 from bacpipes.features import build_features
-from bacpipes.readings import load_readings
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
-from central.ab import Period, PeriodResult, discomfort_kh, evaluate, publish_schedule, switchback
-from central.baseline import BaselineModel, fit_baseline, metrics
+from central.ab import Period, PeriodResult, evaluate, publish_schedule, score, switchback
+from central.baseline import fit_baseline, metrics
 from central.closed_loop import closed_loop
 from central.registry import deploy, register, rollback
 from central.training import export, train
@@ -110,29 +109,7 @@ def train_flow(
 
 @task(retries=3, retry_delay_seconds=10)
 def score_periods(settings: Settings, periods: list[Period]) -> list[PeriodResult]:
-    """Energy normalised by the latest stored baseline, and discomfort per zone, for each period."""
-    start, end = periods[0].start, periods[-1].end
-    with connect(settings.database.dsn) as conn:
-        row = conn.execute("SELECT model FROM baseline_models WHERE site_id = %s ORDER BY fitted_at DESC"
-                           " LIMIT 1", (settings.site.id,)).fetchone()
-        zones = find_zones(conn, settings.site.id)
-    if row is None:
-        raise ValueError(f"no baseline stored for {settings.site.id}: run the baseline flow first")
-    baseline = BaselineModel.from_dict(row[0])
-    hourly = site_hourly(settings, start, end)
-    predicted = baseline.predict(hourly)
-    temps = load_readings([z.points["zone_temp"] for z in zones], start, end, every="1h", settings=settings)
-    temps = temps.to_pandas().pivot_table(index="time", columns="point_id", values="value")
-    band = (settings.ml.comfort_low_c, settings.ml.comfort_high_c)
-    results = []
-    for p in periods:
-        inside = (hourly.index >= p.start) & (hourly.index < p.end)
-        in_temps = (temps.index >= p.start) & (temps.index < p.end)
-        results.append(PeriodResult(
-            p, float(hourly["energy_kwh"][inside].sum() / predicted[inside].sum()),
-            discomfort_kh(temps[in_temps], band, 1.0) / max(len(zones), 1),
-        ))
-    return results
+    return score(settings, periods)
 
 
 @flow(name="ab")

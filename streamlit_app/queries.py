@@ -1,0 +1,201 @@
+"""Every query the app makes, parameterised, each shaped to use an index or the hourly rollup.
+
+Pages call these and only render; the write paths go through `bacpipes` (commands, points, users) and
+`central.registry`, the same functions the CLI and the flows use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import psycopg
+
+from bacpipes.readings import load_readings
+from bacpipes.replication import site_slots
+from bacpipes.settings import Settings
+
+
+def frame(conn: psycopg.Connection, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> pd.DataFrame:
+    cur = conn.execute(query, params)
+    return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
+
+
+# --- Overview -----------------------------------------------------------------------------------------
+
+def agents(conn: psycopg.Connection, sites: list[str]) -> pd.DataFrame:
+    """Per site: the agent's last heartbeat and the health counters it carried, and the readings stored
+    over the last five minutes (the publish rate as the database sees it)."""
+    table = frame(conn, """
+        SELECT s.site_id, h.at AS last_seen, extract(epoch FROM now() - h.at) AS age_s, h.agent,
+               (SELECT count(*) FROM sensor_readings r
+                WHERE r.site_id = s.site_id AND r.time > now() - interval '5 minutes') / 300.0
+               AS readings_per_s
+        FROM unnest(%s::text[]) AS s(site_id) LEFT JOIN site_heartbeat h USING (site_id)
+        ORDER BY s.site_id""", (sites,))
+
+    def health(row: pd.Series) -> pd.Series:
+        agent = row["agent"] or {}
+        beat = float(agent.get("heartbeat_s") or 10.0)
+        readings, failed = agent.get("readings") or 0, agent.get("reads_failed") or 0
+        return pd.Series({
+            "agent": "online" if row["age_s"] is not None and row["age_s"] < 3 * beat else "offline",
+            "read_success": readings / (readings + failed) if readings + failed else None,
+            "spool_depth": (agent.get("publisher") or {}).get("pending"),
+            "devices_backing_off": agent.get("devices_backing_off"),
+        })
+
+    if table.empty:
+        return table
+    return pd.concat([table.drop(columns="agent"), table.apply(health, axis=1)], axis=1)
+
+
+def replication(conn: psycopg.Connection, central: bool) -> pd.DataFrame:
+    if central:
+        return frame(conn, "SELECT site_id, readings_worker_alive, meta_worker_alive, lag_s, lag_bytes,"
+                           " slot_wal_status, last_reading FROM replication_status ORDER BY site_id")
+    return pd.DataFrame(site_slots(conn))
+
+
+def open_alerts(conn: psycopg.Connection, sites: list[str]) -> pd.DataFrame:
+    return frame(conn, "SELECT raised_at, site_id, severity, source, message FROM alerts"
+                       " WHERE resolved_at IS NULL AND (site_id IS NULL OR site_id = ANY(%s))"
+                       " ORDER BY raised_at DESC LIMIT 200", (sites,))
+
+
+# --- Live ---------------------------------------------------------------------------------------------
+
+def live(conn: psycopg.Connection, site: str, default_interval_s: float) -> pd.DataFrame:
+    """Every present point with its latest state (point_state: one row per point, no scan of readings)."""
+    return frame(conn, """
+        SELECT p.point_id, split_part(p.topic, '/', 2) AS equipment, p.object_name, p.dis, s.value,
+               p.units, s.quality, s.time, extract(epoch FROM now() - s.time) AS age_s,
+               coalesce(p.interval_s, %(interval)s) AS interval_s, p.auto_tags || p.user_tags AS tags,
+               s.last_error
+        FROM point p LEFT JOIN point_state s USING (site_id, point_id)
+        WHERE p.site_id = %(site)s AND p.missing_since IS NULL AND p.publish
+        ORDER BY equipment, p.object_name""", {"site": site, "interval": default_interval_s})
+
+
+# --- Trends -------------------------------------------------------------------------------------------
+
+def point_choices(conn: psycopg.Connection, site: str, writable_only: bool = False) -> pd.DataFrame:
+    return frame(conn, "SELECT point_id, coalesce(dis, object_name) AS label, object_name, units, writable,"
+                       " commandable, object_type FROM point WHERE site_id = %s AND missing_since IS NULL"
+                       " AND (NOT %s OR writable) ORDER BY label", (site, writable_only))
+
+
+def trend(conn: psycopg.Connection, settings: Settings, site: str, points: list[int], start: datetime,
+          end: datetime) -> tuple[pl.DataFrame, str]:
+    """Raw readings for short ranges, the hourly rollup (readings_hourly) for long ones."""
+    hourly = end - start > timedelta(days=settings.ui.raw_max_days)
+    data = load_readings(points, start, end, every="1h" if hourly else None, settings=settings,
+                         site_id=site, conn=conn)
+    return data, "hourly averages" if hourly else "raw readings"
+
+
+# --- Devices & points ---------------------------------------------------------------------------------
+
+def devices(conn: psycopg.Connection, site: str) -> pd.DataFrame:
+    return frame(conn, "SELECT device_id, name, address, vendor_name, model_name, max_apdu, segmentation,"
+                       " last_seen, missing_since,"
+                       " (SELECT count(*) FROM point p WHERE p.site_id = d.site_id"
+                       "  AND p.device_id = d.device_id) AS points"
+                       " FROM device d WHERE site_id = %s ORDER BY device_id", (site,))
+
+
+def points(conn: psycopg.Connection, site: str) -> pd.DataFrame:
+    table = frame(conn, """
+        SELECT point_id, device_id, object_type, object_instance, object_name, units, writable, publish,
+               interval_s, qos, min_value, max_value, ml_min_value, ml_max_value, ml_max_step, user_tags,
+               auto_tags, topic, missing_since IS NOT NULL AS missing
+        FROM point WHERE site_id = %s ORDER BY device_id, object_type, object_instance""", (site,))
+    table["user_tags"] = table["user_tags"].map(tags_text)
+    table["auto_tags"] = table["auto_tags"].map(tags_text)
+    return table
+
+
+def tags_text(tags: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((tags or {}).items()))
+
+
+def preview_topics(conn: psycopg.Connection, site: str, point_ids: list[int],
+                   tag_edits: dict[str, str | None]) -> pd.DataFrame:
+    """Each point's topic now and the one it would publish on after these tag edits (None removes a
+    tag), before anything is saved: the same naming code discovery uses."""
+    from bacpipes.tagging import describe
+
+    rows = conn.execute(
+        "SELECT p.point_id, p.object_name, p.topic, d.name, p.device_id, p.object_type, p.object_instance,"
+        " p.description, p.auto_tags, p.user_tags FROM point p JOIN device d USING (site_id, device_id)"
+        " WHERE p.site_id = %s AND p.point_id = ANY(%s) ORDER BY p.point_id", (site, point_ids)).fetchall()
+    preview = []
+    for pid, oname, topic, device, device_id, otype, inst, desc, auto, user in rows:
+        user = {k: v for k, v in {**user, **tag_edits}.items() if v is not None}
+        after = describe({**auto, **user}, device_name=device, device_id=device_id, object_type=otype,
+                         object_instance=inst, object_name=oname, description=desc)[2]
+        preview.append({"point_id": pid, "object_name": oname, "topic now": topic, "topic after": after})
+    return pd.DataFrame(preview)
+
+
+# --- Commands -----------------------------------------------------------------------------------------
+
+def audit(conn: psycopg.Connection, site: str, limit: int = 200) -> pd.DataFrame:
+    return frame(conn, """
+        SELECT w.created_at, w.status, coalesce(p.dis, p.object_name) AS point, w.point_id, w.command_type,
+               w.value, w.priority, w.source, w.created_by, w.reason, w.error_message, w.value_read,
+               w.completed_at, w.id
+        FROM write_command_status w LEFT JOIN point p USING (site_id, point_id)
+        WHERE w.site_id = %s ORDER BY w.created_at DESC LIMIT %s""", (site, limit))
+
+
+# --- Models -------------------------------------------------------------------------------------------
+
+def registry(conn: psycopg.Connection) -> pd.DataFrame:
+    table = frame(conn, "SELECT name, version, created_at, created_by, metrics, sha256 FROM model_registry"
+                        " ORDER BY name, created_at DESC")
+    if table.empty:
+        return table
+    metrics = pd.json_normalize(table.pop("metrics").tolist())
+    return pd.concat([table, metrics], axis=1)
+
+
+def deployments(conn: psycopg.Connection, sites: list[str], limit: int = 100) -> pd.DataFrame:
+    return frame(conn, "SELECT created_at, site_id, name, version, mode, created_by, reason, sha256"
+                       " FROM model_deployments WHERE site_id = ANY(%s) ORDER BY created_at DESC LIMIT %s",
+                 (sites, limit))
+
+
+def shadow_vs_actual(conn: psycopg.Connection, site: str, zone_temp_of: dict[int, int],
+                     since: datetime, ahead: timedelta) -> pd.DataFrame:
+    """What the model predicted for each zone against the zone temperature that followed: each
+    prediction joined with the first reading at or after the time it was made for (one interval on)."""
+    if not zone_temp_of:
+        return pd.DataFrame()
+    return frame(conn, """
+        SELECT l.at, l.point_id AS setpoint_point, l.version, l.mode, l.setpoint, l.predicted_zone_temp,
+               r.value AS actual_zone_temp, l.detail
+        FROM inference_log l
+        JOIN unnest(%s::bigint[], %s::bigint[]) AS z(setpoint, zone_temp) ON z.setpoint = l.point_id
+        LEFT JOIN LATERAL (
+            SELECT value FROM sensor_readings r
+            WHERE r.site_id = l.site_id AND r.point_id = z.zone_temp AND r.time >= l.at + %s
+            ORDER BY r.time LIMIT 1) r ON true
+        WHERE l.site_id = %s AND l.at >= %s ORDER BY l.at""",
+        (list(zone_temp_of), list(zone_temp_of.values()), ahead, site, since))
+
+
+# --- A/B ----------------------------------------------------------------------------------------------
+
+def ab_schedule(conn: psycopg.Connection, site: str) -> pd.DataFrame:
+    return frame(conn, "SELECT period_start, period_end, arm FROM ab_schedule WHERE site_id = %s"
+                       " ORDER BY period_start", (site,))
+
+
+def rollbacks(conn: psycopg.Connection, site: str) -> pd.DataFrame:
+    return frame(conn, "SELECT created_at, name, version, mode, created_by, reason FROM model_deployments"
+                       " WHERE site_id = %s AND reason LIKE 'rollback from %%'"
+                       " ORDER BY created_at DESC", (site,))

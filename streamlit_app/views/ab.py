@@ -1,0 +1,69 @@
+"""A/B: ML against baseline control over the switchback periods that are over, energy normalised by the
+baseline model and discomfort per zone, the savings with their confidence interval (the same scoring
+and statistics as the `ab` flow), and the rollback history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from central.ab import Period, evaluate, score
+from streamlit_app import queries
+from streamlit_app.context import current_site, database, settings, shown_errors
+
+
+def page() -> None:
+    with database() as conn:
+        site = current_site(conn)
+        schedule = queries.ab_schedule(conn, site)
+        history = queries.rollbacks(conn, site)
+        alerts = queries.frame(conn, "SELECT raised_at, severity, message, resolved_at FROM alerts"
+                                     " WHERE site_id = %s AND source = 'ab' ORDER BY raised_at DESC", (site,))
+    st.subheader("Switchback")
+    if schedule.empty:
+        st.info("No A/B schedule for this site yet (the `ab-plan` flow publishes one).")
+    else:
+        done = schedule[schedule["period_end"] <= datetime.now(settings().site.tz)]
+        st.caption(f"{len(schedule)} periods planned, {len(done)} over.")
+        results(site, done)
+    st.subheader("Rollbacks")
+    if history.empty and alerts.empty:
+        st.caption("No rollbacks.")
+    else:
+        st.dataframe(history, hide_index=True)
+        st.dataframe(alerts, hide_index=True)
+
+
+def results(site: str, done: pd.DataFrame) -> None:
+    arms = done["arm"].value_counts()
+    if arms.get("ml", 0) < 2 or arms.get("baseline", 0) < 2:
+        st.info("Savings need at least two finished periods of each arm.")
+        return
+    config = settings()
+    for_site = config.model_copy(update={"site": config.site.model_copy(update={"id": site})})
+    periods = [Period(r.period_start, r.period_end, r.arm) for r in done.itertuples()]
+    scored = score(for_site, periods)
+    verdict = evaluate(scored)
+    left, middle, right = st.columns(3)
+    left.metric("Energy saved by ML", f"{verdict.savings:+.1%}",
+                help=f"95 % interval {verdict.ci[0]:+.1%} … {verdict.ci[1]:+.1%}")
+    middle.metric("95 % interval", f"{verdict.ci[0]:+.1%} … {verdict.ci[1]:+.1%}")
+    right.metric("Discomfort per zone and period", f"{verdict.discomfort_ml:.2f} K·h",
+                 delta=f"{verdict.discomfort_ml - verdict.discomfort_baseline:+.2f} vs baseline",
+                 delta_color="inverse")
+    (st.error if verdict.rollback else st.success)(verdict.reason)
+    table = pd.DataFrame([{"start": r.period.start, "arm": r.period.arm, "energy / baseline model":
+                           r.normalised_energy, "discomfort K·h per zone": r.discomfort_kh_per_zone}
+                          for r in scored])
+    st.altair_chart(alt.Chart(table).mark_bar().encode(
+        x=alt.X("start:T", title=None), y=alt.Y("energy / baseline model:Q"), color="arm:N",
+        tooltip=list(table.columns)), use_container_width=True)
+    st.dataframe(table, hide_index=True)
+
+
+st.title("A/B evaluation")
+with shown_errors():
+    page()

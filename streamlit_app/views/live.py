@@ -1,0 +1,72 @@
+"""Live: the latest value, quality and age of every point, refreshed on its own; stale and bad values
+stand out."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from streamlit_app import queries
+from streamlit_app.context import current_site, database, settings, shown_errors
+
+STALE, BAD = "background-color: #fff3cd", "background-color: #f8d7da"
+
+
+def status(row: pd.Series, stale_after: float) -> str:
+    if row["quality"] not in (None, "good") and pd.notna(row["quality"]):
+        return "bad"
+    if pd.isna(row["age_s"]) or row["age_s"] > stale_after * row["interval_s"]:
+        return "stale"
+    return "ok"
+
+
+def filtered(table: pd.DataFrame, equipment: list[str], tag: str, text: str) -> pd.DataFrame:
+    keep = pd.Series(True, index=table.index)
+    if equipment:
+        keep &= table["equipment"].isin(equipment)
+    if tag.strip():
+        key, _, value = tag.strip().partition("=")
+        keep &= table["tags"].map(lambda t: key in (t or {}) and (not value or str(t[key]) == value))
+    if text.strip():
+        needle = text.strip().lower()
+        keep &= (table["object_name"].fillna("").str.lower().str.contains(needle, regex=False)
+                 | table["dis"].fillna("").str.lower().str.contains(needle, regex=False))
+    return table[keep]
+
+
+st.title("Live values")
+config = settings()
+equipment_names: list[str] = []
+with shown_errors(), database() as conn:
+    site = current_site(conn)
+    equipment_names = queries.frame(conn, "SELECT DISTINCT split_part(topic, '/', 2) AS e FROM point"
+                                          " WHERE site_id = %s ORDER BY 1", (site,))["e"].tolist()
+left, middle, right = st.columns(3)
+equipment = left.multiselect("Equipment", equipment_names)
+tag = middle.text_input("Tag", placeholder="e.g. subject=zone-air or sp")
+text = right.text_input("Search", placeholder="object name or description")
+
+
+@st.fragment(run_every=config.ui.live_refresh_s)
+def table() -> None:
+    with shown_errors(), database() as conn:
+        data = queries.live(conn, current_site(conn), config.polling.default_interval_s)
+        if data.empty:
+            st.info("No points yet: run a discovery (Devices & points) and start the edge agent.")
+            return
+        data["status"] = data.apply(status, axis=1, stale_after=config.ui.stale_after_intervals)
+        shown = filtered(data, equipment, tag, text)
+        counts = data["status"].value_counts()
+        st.caption(f"{len(shown)} of {len(data)} points · {counts.get('stale', 0)} stale · "
+                   f"{counts.get('bad', 0)} bad · refreshed every {config.ui.live_refresh_s:g} s")
+        view = shown[["status", "equipment", "object_name", "dis", "value", "units", "quality", "age_s",
+                      "time", "point_id", "last_error"]]
+        colour = {"stale": STALE, "bad": BAD, "ok": ""}
+        styled = view.style.apply(lambda row: [colour[row["status"]]] * len(row), axis=1)
+        st.dataframe(styled, hide_index=True, width="stretch", column_config={
+            "age_s": st.column_config.NumberColumn("age (s)", format="%.0f"),
+            "value": st.column_config.NumberColumn("value", format="%.2f"),
+        })
+
+
+table()

@@ -1,0 +1,85 @@
+"""Models: the registry with its metrics, what runs at each site (shadow or active), the actions that
+change that (operators, on central where the registry is), and shadow predictions against what happened.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import altair as alt
+import pandas as pd
+import psycopg
+import streamlit as st
+
+from bacpipes.zones import find_zones
+from central.registry import MODES, deploy, rollback
+from streamlit_app import queries
+from streamlit_app.context import current_site, database, needs_operator, settings, shown_errors, sites
+
+
+def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str, name: str) -> None:
+    with st.form("deploy"):
+        left, middle, right = st.columns(3)
+        model = left.selectbox("Model", sorted(registry["name"].unique()))
+        version = middle.selectbox("Version", registry.loc[registry["name"] == model, "version"].tolist())
+        mode = right.selectbox("Mode", MODES)
+        reason = st.text_input("Reason", placeholder="why (kept with the deployment)")
+        if st.form_submit_button(f"Deploy to {site}"):
+            deploy(conn, site, model, version, mode, f"ui:{name}", reason.strip() or None)
+            st.success(f"{model}@{version} deployed to {site} in {mode} mode.")
+    model = st.selectbox("Roll back", sorted(registry["name"].unique()), key="rollback_model")
+    if st.button(f"Roll {model} back to the previous version at {site}"):
+        previous = rollback(conn, site, model, f"ui:{name}", "rolled back in the app")
+        st.success(f"{model} at {site} rolled back to {previous}.")
+
+
+def shadow(conn: psycopg.Connection, site: str) -> None:
+    ml = settings().ml
+    zones = find_zones(conn, site)
+    since = datetime.now(settings().site.tz) - timedelta(days=7)
+    table = queries.shadow_vs_actual(conn, site, {z.setpoint: z.points["zone_temp"] for z in zones}, since,
+                                     timedelta(seconds=ml.interval_s))
+    if table.empty:
+        st.caption("No predictions logged in the last 7 days.")
+        return
+    made = table.dropna(subset=["predicted_zone_temp", "actual_zone_temp"])
+    if not made.empty:
+        error = (made["predicted_zone_temp"] - made["actual_zone_temp"]).abs().mean()
+        st.metric("Mean absolute error of the predicted zone temperature", f"{error:.2f} K")
+        long = made.melt(id_vars=["at", "setpoint_point"], var_name="series", value_name="°C",
+                         value_vars=["predicted_zone_temp", "actual_zone_temp"])
+        st.altair_chart(alt.Chart(long).mark_line().encode(
+            x=alt.X("at:T", title=None), y=alt.Y("°C:Q", scale=alt.Scale(zero=False)), color="series:N",
+            strokeDash="setpoint_point:N").interactive(), use_container_width=True)
+    st.dataframe(table.tail(200), hide_index=True)
+
+
+def page() -> None:
+    with database() as conn:
+        site = current_site(conn)
+        st.subheader("Registry")
+        registry = queries.registry(conn)
+        if registry.empty:
+            st.caption("No models registered here (the registry lives on central; a site only sees its "
+                       "deployments).")
+        else:
+            st.dataframe(registry, hide_index=True)
+        st.subheader("Deployments")
+        history = queries.deployments(conn, sites(conn))
+        if history.empty:
+            st.caption("Nothing deployed yet.")
+        else:
+            current = history.sort_values("created_at").groupby(["site_id", "name"]).tail(1)
+            st.markdown("Running now")
+            st.dataframe(current, hide_index=True)
+            with st.expander("History"):
+                st.dataframe(history, hide_index=True)
+        if not registry.empty and (name := needs_operator("deploy, switch or roll back models")):
+            actions(conn, registry, site, name)
+        st.subheader("Shadow predictions against what happened")
+        shadow(conn, site)
+
+
+st.title("Models")
+with shown_errors():
+    page()
