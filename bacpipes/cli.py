@@ -46,6 +46,15 @@ def _db_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_restore(args: argparse.Namespace) -> int:
+    from central.backups import restore
+
+    target = args.into or load_settings(args.config).database.dsn
+    restore(args.dump, target, no_owner=args.no_owner)
+    print(f"restored {args.dump}")
+    return 0
+
+
 def _sim(args: argparse.Namespace) -> int:
     from sim.server import run
 
@@ -76,11 +85,12 @@ def _flows_run(args: argparse.Namespace) -> int:
     import json
 
     from flows.ml import ab_flow, ab_plan_flow, baseline_flow, train_flow
+    from flows.ops import alerts_flow, backup_flow
     from flows.retention import retention_flow
 
     flows = {"baseline": baseline_flow, "train": train_flow, "ab": ab_flow, "ab-plan": ab_plan_flow,
-             "retention": retention_flow}
-    windowed = args.days and args.name != "retention"
+             "retention": retention_flow, "alerts": alerts_flow, "backup": backup_flow}
+    windowed = args.days and args.name not in ("retention", "alerts", "backup")
     result = flows[args.name](args.config, days=args.days) if windowed else flows[args.name](args.config)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -357,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     retention = with_config(db.add_parser("retention", help="drop expired daily partitions, create ahead"))
     retention.add_argument("--days", type=int, help="keep this many days (default: database.retention_days)")
     retention.set_defaults(func=_db_retention)
+    restore = with_config(db.add_parser("restore", help="restore a backup dump into a new, empty database"))
+    restore.add_argument("--dump", required=True, help="the .dump file (pg_dump -Fc)")
+    restore.add_argument("--into", help="target DSN, created if missing, must be empty (default: [database])")
+    restore.add_argument("--no-owner", action="store_true", help="for a server without the dump's roles")
+    restore.set_defaults(func=_db_restore)
 
     sim = sub.add_parser("sim", help="serve the virtual building over BACnet/IP")
     sim.add_argument("--devices", type=int, default=3)
@@ -377,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     flows = sub.add_parser("flows").add_subparsers(dest="flows_command", required=True)
     run_flow = with_config(flows.add_parser("run", help="run one flow now"))
-    run_flow.add_argument("name", choices=["baseline", "train", "ab-plan", "ab", "retention"])
+    run_flow.add_argument("name", choices=["baseline", "train", "ab-plan", "ab", "retention", "alerts",
+                                           "backup"])
     run_flow.add_argument("--days", type=int, help="history window (default: the flow's)")
     run_flow.set_defaults(func=_flows_run)
     serve_flows = with_config(flows.add_parser("serve", help="run every flow on its schedule"))

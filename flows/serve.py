@@ -8,10 +8,14 @@ from typing import Any
 from prefect import serve
 
 from flows.ml import ab_flow, baseline_flow, train_flow
+from flows.ops import alerts_flow, backup_flow
 from flows.retention import retention_flow
 
-# UTC cron: retention hourly, baseline daily, training nightly, A/B daily after the baseline
+# UTC cron: alerts every minute, retention hourly, backup daily before the ML flows (quiet hours, and a
+# dump that is not competing with training), baseline daily, training nightly, A/B daily after the baseline
 SCHEDULES = {
+    "alerts": (alerts_flow, "* * * * *"),
+    "backup": (backup_flow, "15 0 * * *"),
     "retention": (retention_flow, "5 * * * *"),
     "baseline": (baseline_flow, "30 1 * * *"),
     "train": (train_flow, "0 2 * * *"),
@@ -25,6 +29,8 @@ def deployments(config: str | None, central: bool = False) -> list[Any]:
         parameters: dict[str, Any] = {"config": config}
         if name == "retention":
             parameters["central"] = central
+        if name == "alerts":
+            parameters["central"] = central or None  # None: the database decides (sites in its registry)
         out.append(flow.to_deployment(name=f"bacpipes-{name}", cron=cron, parameters=parameters))
     return out
 

@@ -1,0 +1,469 @@
+"""Operations alerts: the seed's rules, judged against a site or the central database, stored in `alerts`
+and sent to a webhook and by e-mail when they are new.
+
+Each rule gives a verdict per site (a message when the condition holds, None when it does not). An open
+alert is never raised twice for the same rule and site; it is resolved when a later verdict is healthy.
+A rule that cannot judge (too few commands, no disk path) gives no verdict and leaves alerts as they are.
+
+How each rule judges, and why:
+
+- replication_lag: on central, per site in the registry, the age of the site's newest heartbeat
+  (`replication_status.lag_s`, written every few seconds in commit order with the readings), plus a lost
+  or unreserved slot. On a site, the seconds are not known, so it judges what the site can see: each
+  `bacpipes%` slot of this database has a subscriber connected and is not lost, and the site's own
+  subscription to central has received something (walsender keepalives count) within the threshold.
+- write_failures: command outcomes of the last hour, failed / (completed + failed). `rejected` is left
+  out: a refusal before the device is touched is the validation working (a bad request), not a failing
+  write path. Judged only with at least `write_min_commands` outcomes.
+- read_failures: on a site, the share of points polled in the last hour whose latest poll failed
+  (`point_state.last_error_at >= last_poll`): it clears as soon as reads succeed again. Central has no
+  point_state (not replicated), so it reads the agent's cumulative counters from the heartbeat:
+  reads_failed / (reads_failed + readings). Not `requests`: one request reads a whole batch, while
+  reads_failed counts points, so that ratio can pass 100 %.
+- disk_free: `alerts.disk_path`, else the data directory of a database on this host (`SHOW
+  data_directory`, superusers only); no verdict when neither can be measured. Central-wide on central.
+- agent_offline: on a site, the agent's heartbeat (`site_heartbeat` with `agent` health) older than
+  3 x its `heartbeat_s` (default 10 s), or none at all while the site has published points. On central
+  the heartbeat's age *is* the replication lag, so only "never any agent health while the site has points"
+  is judged there; a silent agent shows as replication lag.
+- db_down: the database refuses or times out. The alert cannot be stored where it belongs, so it is sent
+  directly once the outage has lasted `db_down_s` (remembered across runs in `alerts.state_path`), once
+  per outage, and recorded (raised and resolved) in `alerts` when the database answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import smtplib
+import ssl
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from bacpipes.replication import COMMANDS_SUBSCRIPTION, central_status
+from bacpipes.settings import AlertSettings, Settings
+
+log = logging.getLogger(__name__)
+
+RULES = ("replication_lag", "write_failures", "read_failures", "disk_free", "agent_offline", "db_down")
+_LOCK = 0x0BAC_A1E7  # one alert evaluation at a time per database: two runs must not both raise
+_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+
+
+def source(rule: str) -> str:
+    return f"alerts:{rule}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule's judgement for one site (None: central-wide). message None: healthy."""
+
+    rule: str
+    site_id: str | None
+    message: str | None = None
+    severity: str = "warning"
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int | None
+    site_id: str | None
+    source: str
+    severity: str
+    message: str
+    raised_at: datetime
+    resolved_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["raised_at"] = self.raised_at.isoformat()
+        out["resolved_at"] = self.resolved_at.isoformat() if self.resolved_at else None
+        out["text"] = self.text()
+        return out
+
+    def text(self) -> str:
+        where = f" at {self.site_id}" if self.site_id else ""
+        return f"[{self.severity}] {self.source}{where}: {self.message}"
+
+
+@dataclass
+class Changes:
+    raised: list[Alert] = field(default_factory=list)
+    resolved: list[Alert] = field(default_factory=list)
+
+
+# --- the rules ------------------------------------------------------------------------------------
+
+
+def is_central(conn: psycopg.Connection) -> bool:
+    """Central has linked sites in its registry; a site's registry is empty."""
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM site)").fetchone()[0])  # type: ignore[index]
+
+
+def sites(conn: psycopg.Connection, settings: Settings, central: bool) -> list[str]:
+    if not central:
+        return [settings.site.id]
+    return [r[0] for r in conn.execute("SELECT site_id FROM site ORDER BY site_id")]
+
+
+def replication_lag(conn: psycopg.Connection, settings: Settings, central: bool) -> list[Verdict]:
+    limit = settings.replication.lag_alert_s
+    if central:
+        now = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        out = []
+        for link in central_status(conn):
+            never = link.lag_s is None and (now - link.linked_at).total_seconds() > limit
+            late = link.lag_s is not None and link.lag_s > limit
+            lost = link.slot_wal_status in ("unreserved", "lost")
+            bad = never or late or lost
+            message = "; ".join(link.problems(limit)) if bad else None
+            out.append(Verdict("replication_lag", link.site_id, message, "critical" if lost else "warning"))
+        return out
+    return [site_replication(conn, settings.site.id, limit)]
+
+
+def site_replication(conn: psycopg.Connection, site_id: str, limit: float) -> Verdict:
+    """The site's side of the link: its slots (central's subscriptions) and its own subscription."""
+    slots = conn.execute(
+        "SELECT s.slot_name, s.active, s.wal_status,"
+        " extract(epoch FROM r.replay_lag)::float8,"
+        " extract(epoch FROM clock_timestamp() - r.reply_time)::float8"
+        " FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid"
+        " WHERE s.slot_name LIKE 'bacpipes%%' AND s.database = current_database() ORDER BY s.slot_name"
+    ).fetchall()
+    subscription = conn.execute(
+        "SELECT s.subenabled, w.pid IS NOT NULL,"
+        " extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time)::float8"
+        " FROM pg_subscription s LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL"
+        " WHERE s.subname = %s"
+        " AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        (COMMANDS_SUBSCRIPTION,),
+    ).fetchone()
+    return judge_site_replication(site_id, limit, slots, subscription)
+
+
+def judge_site_replication(site_id: str, limit: float, slots: Iterable[tuple], subscription: tuple | None
+                           ) -> Verdict:
+    problems, critical = [], False
+    for name, active, wal_status, replay_lag_s, reply_age_s in slots:
+        if wal_status in ("unreserved", "lost"):
+            problems.append(f"slot {name} is {wal_status}: central must `site resync`")
+            critical = True
+        elif not active:
+            problems.append(f"slot {name} has no subscriber connected (central unreachable?)")
+        elif replay_lag_s is not None and replay_lag_s > limit:
+            problems.append(f"slot {name} lags {replay_lag_s:.0f} s > {limit:.0f} s")
+        elif reply_age_s is not None and reply_age_s > limit:
+            problems.append(f"slot {name}: no reply from central for {reply_age_s:.0f} s")
+    if subscription is not None:
+        enabled, running, silent_s = subscription
+        if enabled and not running:
+            problems.append(f"subscription {COMMANDS_SUBSCRIPTION} to central is not running")
+        elif enabled and silent_s is not None and silent_s > limit:
+            problems.append(f"nothing from central for {silent_s:.0f} s")
+    severity = "critical" if critical else "warning"
+    return Verdict("replication_lag", site_id, "; ".join(problems) or None, severity)
+
+
+def write_failures(conn: psycopg.Connection, alerts: AlertSettings, site_id: str) -> Verdict | None:
+    failed, completed, rejected = conn.execute(
+        "SELECT count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'completed'),"
+        " count(*) FILTER (WHERE status = 'rejected') FROM command_events"
+        " WHERE site_id = %s AND at > clock_timestamp() - interval '1 hour'"
+        " AND status IN ('completed', 'failed', 'rejected')",
+        (site_id,),
+    ).fetchone()  # type: ignore[misc]
+    total = failed + completed
+    if total < alerts.write_min_commands:
+        return None
+    rate = failed / total
+    message = None
+    if rate > alerts.write_failure_rate:
+        message = (f"write failure rate {rate:.0%} > {alerts.write_failure_rate:.0%} in the last hour "
+                   f"({failed} failed of {total} executed; {rejected} rejected by validation, not counted)")
+    return Verdict("write_failures", site_id, message)
+
+
+def read_failures(conn: psycopg.Connection, alerts: AlertSettings, site_id: str) -> Verdict | None:
+    failing, polled = conn.execute(
+        "SELECT count(*) FILTER (WHERE last_error_at >= last_poll), count(*) FROM point_state"
+        " WHERE site_id = %s AND last_poll > clock_timestamp() - interval '1 hour'",
+        (site_id,),
+    ).fetchone()  # type: ignore[misc]
+    if polled:
+        rate = failing / polled
+        what = f"{failing} of {polled} points polled in the last hour failed their latest read"
+    else:
+        row = conn.execute("SELECT agent FROM site_heartbeat WHERE site_id = %s AND agent IS NOT NULL",
+                           (site_id,)).fetchone()
+        health = row[0] if row else {}
+        failed, ok = int(health.get("reads_failed") or 0), int(health.get("readings") or 0)
+        if failed + ok < alerts.read_min_reads:
+            return None
+        rate, what = failed / (failed + ok), f"{failed} of {failed + ok} reads failed since the agent started"
+    message = f"read failure rate {rate:.0%} > {alerts.read_failure_rate:.0%}: {what}"
+    return Verdict("read_failures", site_id, message if rate > alerts.read_failure_rate else None)
+
+
+def disk_path(conn: psycopg.Connection, settings: Settings) -> Path | None:
+    """Where to measure: the configured path, else a local database's data directory, else nothing."""
+    if settings.alerts.disk_path:
+        return Path(settings.alerts.disk_path)
+    host = str(conninfo_to_dict(settings.database.dsn).get("host") or "")
+    if host not in _LOCAL_HOSTS and not host.startswith("/"):
+        return None
+    try:
+        with conn.transaction():
+            directory = conn.execute("SHOW data_directory").fetchone()[0]  # type: ignore[index]
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return Path(directory)
+
+
+def disk_free(conn: psycopg.Connection, settings: Settings, site_id: str | None) -> Verdict | None:
+    path = disk_path(conn, settings)
+    if path is None:
+        log.info("disk rule skipped: set alerts.disk_path (the database is remote or not readable)")
+        return None
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        log.warning("disk rule skipped: %s: %s", path, exc)
+        return None
+    free = usage.free / usage.total
+    limit = settings.alerts.disk_free_min
+    message = (f"disk {free:.0%} free < {limit:.0%} at {path} ({usage.free / 2**30:.1f} GiB of "
+               f"{usage.total / 2**30:.1f} GiB)") if free < limit else None
+    return Verdict("disk_free", site_id, message, "critical" if free < limit / 2 else "warning")
+
+
+def agent_offline(conn: psycopg.Connection, site_id: str, central: bool) -> Verdict:
+    points = conn.execute(
+        "SELECT count(*) FROM point WHERE site_id = %s AND publish AND missing_since IS NULL", (site_id,)
+    ).fetchone()[0]  # type: ignore[index]
+    row = conn.execute(
+        "SELECT agent, extract(epoch FROM clock_timestamp() - at)::float8 FROM site_heartbeat"
+        " WHERE site_id = %s AND agent IS NOT NULL", (site_id,)
+    ).fetchone()
+    message = None
+    if row is None:
+        if points:
+            message = f"no heartbeat from the edge agent, and the site has {points} published points"
+    elif not central:
+        health, age = row
+        every = float(health.get("heartbeat_s") or 10.0)
+        if age > 3 * every:
+            message = f"edge agent silent for {age:.0f} s (heartbeat every {every:.0f} s)"
+    return Verdict("agent_offline", site_id, message, "critical")
+
+
+def evaluate(conn: psycopg.Connection, settings: Settings, central: bool) -> list[Verdict]:
+    """Every rule's verdicts; a rule that fails is logged and gives none, so the others still count."""
+    verdicts: list[Verdict | None] = []
+    checks: list[tuple[str, Any]] = [("replication_lag", lambda: replication_lag(conn, settings, central))]
+    for site_id in sites(conn, settings, central):
+        checks += [
+            ("write_failures", lambda s=site_id: [write_failures(conn, settings.alerts, s)]),
+            ("read_failures", lambda s=site_id: [read_failures(conn, settings.alerts, s)]),
+            ("agent_offline", lambda s=site_id: [agent_offline(conn, s, central)]),
+        ]
+    checks.append(("disk_free", lambda: [disk_free(conn, settings, None if central else settings.site.id)]))
+    for rule, check in checks:
+        try:
+            with conn.transaction():
+                verdicts += check()
+        except psycopg.Error:
+            log.exception("alert rule %s could not be judged", rule)
+    return [v for v in verdicts if v is not None]
+
+
+# --- storing --------------------------------------------------------------------------------------
+
+_COLUMNS = "id, site_id, source, severity, message, raised_at, resolved_at"
+
+
+def apply(conn: psycopg.Connection, verdicts: list[Verdict], monitored: list[str] | None = None) -> Changes:
+    """Raise what is new, resolve what cleared, leave the rest. `monitored`: the sites judged this run;
+    an open rule alert for a site no longer among them (unlinked) is resolved too."""
+    changes = Changes()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        open_rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE resolved_at IS NULL AND source LIKE 'alerts:%%'"
+        ).fetchall()
+        opened = {(row[2], row[1]): Alert(*row) for row in open_rows}
+        for v in verdicts:
+            current = opened.get((source(v.rule), v.site_id))
+            if v.message is not None and current is None:
+                row = conn.execute(
+                    f"INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, %s, %s, %s)"
+                    f" RETURNING {_COLUMNS}", (v.site_id, source(v.rule), v.severity, v.message)
+                ).fetchone()
+                changes.raised.append(Alert(*row))  # type: ignore[misc]
+            elif v.message is None and current is not None:
+                changes.resolved.append(_resolve(conn, current.id))
+        if monitored is not None:
+            for (_, site_id), alert in opened.items():
+                if site_id is not None and site_id not in monitored and source("db_down") != alert.source:
+                    changes.resolved.append(_resolve(conn, alert.id))
+    return changes
+
+
+def _resolve(conn: psycopg.Connection, alert_id: int | None) -> Alert:
+    row = conn.execute(f"UPDATE alerts SET resolved_at = now() WHERE id = %s RETURNING {_COLUMNS}",
+                       (alert_id,)).fetchone()
+    return Alert(*row)  # type: ignore[misc]
+
+
+# --- delivery -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    webhook_sent: int = 0
+    webhook_failed: int = 0
+    mail_sent: int = 0
+    mail_failed: int = 0
+
+
+def deliver(alerts: list[Alert], conf: AlertSettings) -> Delivery:
+    """Each new alert to the webhook (one POST each), all of them in one e-mail. A failure is logged and
+    counted, never raised: the alert is already stored, and the other channel must still go out."""
+    done = Delivery()
+    if not alerts:
+        return done
+    if conf.webhook_url:
+        for alert in alerts:
+            try:
+                post_webhook(conf.webhook_url, alert.as_json(), conf.delivery_timeout_s)
+                done.webhook_sent += 1
+            except Exception as exc:
+                log.warning("alert %s not delivered to the webhook: %s", alert.source, exc)
+                done.webhook_failed += 1
+    if conf.smtp_host and conf.mail_to:
+        try:
+            send_mail(alerts, conf)
+            done.mail_sent += 1
+        except Exception as exc:
+            log.warning("%d alert(s) not delivered by e-mail: %s", len(alerts), exc)
+            done.mail_failed += 1
+    return done
+
+
+def post_webhook(url: str, payload: dict[str, Any], timeout_s: float) -> None:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # raises on 4xx/5xx
+        response.read()
+
+
+def send_mail(alerts: list[Alert], conf: AlertSettings) -> None:
+    msg = EmailMessage()
+    first = alerts[0]
+    more = f" (+{len(alerts) - 1} more)" if len(alerts) > 1 else ""
+    msg["Subject"] = f"BacPipes {first.severity}: {first.source} at {first.site_id or 'central'}{more}"
+    msg["From"] = conf.mail_from
+    msg["To"] = ", ".join(conf.mail_to)
+    lines = [f"{a.raised_at.isoformat()}  {a.text()}" for a in alerts]
+    msg.set_content("\n".join(lines) + "\n")
+    with smtplib.SMTP(conf.smtp_host or "", conf.smtp_port, timeout=conf.delivery_timeout_s) as smtp:
+        if conf.smtp_starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if conf.smtp_username:
+            smtp.login(conf.smtp_username, conf.smtp_password or "")
+        smtp.send_message(msg)
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    database: str  # "up" | "down"
+    central: bool | None
+    raised: list[Alert] = field(default_factory=list)
+    resolved: list[Alert] = field(default_factory=list)
+    open: int = 0
+    delivery: Delivery = field(default_factory=Delivery)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"database": self.database, "central": self.central,
+                "raised": [a.as_json() for a in self.raised],
+                "resolved": [a.as_json() for a in self.resolved],
+                "open": self.open, "delivery": asdict(self.delivery)}
+
+
+def run_alerts(settings: Settings, central: bool | None = None) -> Run:
+    """Judge every rule, store the changes, send what is new. central None: decide from the registry."""
+    conf = settings.alerts
+    try:
+        conn = psycopg.connect(settings.database.dsn, autocommit=True, connect_timeout=conf.connect_timeout_s)
+    except psycopg.OperationalError as exc:
+        return _database_down(settings, central, str(exc).strip())
+    with conn:
+        central = is_central(conn) if central is None else central
+        site_id = None if central else settings.site.id
+        recovered = _database_back(conn, conf, site_id)
+        monitored = sites(conn, settings, central)
+        changes = apply(conn, evaluate(conn, settings, central), monitored)
+        count = conn.execute("SELECT count(*) FROM alerts WHERE resolved_at IS NULL").fetchone()[0]  # type: ignore[index]
+    result = Run("up", central, changes.raised, changes.resolved + recovered, count)
+    result.delivery = deliver(changes.raised, conf)
+    return result
+
+
+def _state(conf: AlertSettings) -> dict[str, Any]:
+    try:
+        return json.loads(Path(conf.state_path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _database_down(settings: Settings, central: bool | None, error: str) -> Run:
+    conf = settings.alerts
+    state = _state(conf)
+    now = datetime.now(UTC)
+    since = datetime.fromisoformat(state["down_since"]) if "down_since" in state else now
+    state.setdefault("down_since", since.isoformat())
+    where = conninfo_to_dict(settings.database.dsn)
+    name = f"{where.get('host', 'local socket')}:{where.get('port', 5432)}/{where.get('dbname', '')}"
+    message = f"database {name} not answering for {(now - since).total_seconds():.0f} s: {error}"
+    result = Run("down", central)
+    if (now - since).total_seconds() >= conf.db_down_s and not state.get("delivered"):
+        site_id = None if central else settings.site.id
+        alert = Alert(None, site_id, source("db_down"), "critical", message, since)
+        result.raised = [alert]
+        result.delivery = deliver([alert], conf)
+        state.update(delivered=True, message=message)
+    path = Path(conf.state_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state))
+    log.error("%s", message)
+    return result
+
+
+def _database_back(conn: psycopg.Connection, conf: AlertSettings, site_id: str | None) -> list[Alert]:
+    """The outage's record, once the database can hold it: raised when it began, resolved now."""
+    state = _state(conf)
+    if not state:
+        return []
+    out = []
+    if state.get("delivered"):
+        row = conn.execute(
+            f"INSERT INTO alerts (site_id, source, severity, message, raised_at, resolved_at)"
+            f" VALUES (%s, %s, 'critical', %s, %s, now()) RETURNING {_COLUMNS}",
+            (site_id, source("db_down"), state.get("message") or "database not answering",
+             state["down_since"]),
+        ).fetchone()
+        out.append(Alert(*row))  # type: ignore[misc]
+    Path(conf.state_path).unlink(missing_ok=True)
+    return out
