@@ -73,6 +73,7 @@ def write_form(conn: psycopg.Connection, site: str, name: str, central: bool) ->
             }
     pending = st.session_state.get("pending_write")
     if not pending:
+        shown_result()
         return
     what = (f"release priority {pending['priority']} of **{pending['label']}**" if pending["release"] else
             f"write **{pending['value']:g}** to **{pending['label']}** at priority {pending['priority']}")
@@ -87,8 +88,12 @@ def write_form(conn: psycopg.Connection, site: str, name: str, central: bool) ->
         command_id = _insert(conn, site, name, central, pending, wait)
         with st.spinner("Waiting for the device…"):
             st.session_state["last_result"] = wait_for(conn, command_id, wait)
+        st.rerun()  # redraw without the confirmation
+
+
+def shown_result() -> None:
     if "last_result" in st.session_state:
-        outcome(st.session_state["last_result"])
+        outcome(st.session_state.pop("last_result"))
 
 
 def _insert(conn: psycopg.Connection, site: str, name: str, central: bool, pending: dict,
