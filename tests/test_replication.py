@@ -93,6 +93,37 @@ def test_readings_reach_central_and_outlive_site_retention(deployment: Deploymen
     assert status["site-a"].problems(300) == []
 
 
+HOURLY = """
+INSERT INTO readings_hourly AS h (site_id, point_id, hour, sum, count, min, max)
+VALUES ('site-a', 1, %(hour)s, %(v)s, 1, %(v)s, %(v)s)
+ON CONFLICT (site_id, point_id, hour) DO UPDATE SET sum = h.sum + EXCLUDED.sum, count = h.count + 1,
+    min = least(h.min, EXCLUDED.min), max = greatest(h.max, EXCLUDED.max)
+"""
+
+
+def test_the_hourly_rollup_reaches_central_as_the_site_updates_it(deployment: Deployment) -> None:
+    """Central's trends, baselines and notebooks read readings_hourly; only the site's ingester builds it."""
+    central, a = deployment.central, deployment.sites["site-a"]
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with connect(a.database.dsn) as conn:  # an hour that was already rolled up before the link
+        conn.execute(HOURLY, {"hour": hour - timedelta(hours=1), "v": 20.0})
+        conn.commit()
+    linked(deployment, "site-a")
+    with connect(a.database.dsn) as conn:
+        for value in (21.0, 23.0, 19.0):  # the ingester's upsert: one insert, then updates
+            conn.execute(HOURLY, {"hour": hour, "v": value})
+            conn.commit()
+
+    def hourly(dsn: str) -> list[tuple]:
+        with connect(dsn) as conn:
+            return conn.execute("SELECT hour, sum, count, min, max, avg FROM readings_hourly"
+                                " WHERE site_id = 'site-a' ORDER BY hour").fetchall()
+
+    wait_until(lambda: hourly(central.database.dsn) == hourly(a.database.dsn), 30, "the rollup on central")
+    assert hourly(central.database.dsn) == [(hour - timedelta(hours=1), 20.0, 1, 20.0, 20.0, 20.0),
+                                            (hour, 63.0, 3, 19.0, 23.0, 21.0)]
+
+
 def test_central_down_while_the_site_ingests_200k_readings(deployment: Deployment) -> None:
     central, a = deployment.central, deployment.sites["site-a"]
     linked(deployment, "site-a")
