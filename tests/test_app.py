@@ -27,6 +27,7 @@ from central.registry import deploy, register
 from central.training import export, train
 from flows.ml import fit_and_store_baseline
 from sim.backfill import backfill
+from sim.server import ThreadedBuilding
 from tests.conftest import fresh_database
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app"
@@ -188,6 +189,9 @@ def test_an_operator_writes_with_confirmation_and_the_row_is_audited(seeded, mon
     button(at, "Grant remote").click().run()
     assert rows(seeded.dsn, "SELECT mode, granted_by FROM control_authority") == [("remote", "ui:olivia")]
     assert any("**remote**" in m.value for m in at.markdown)
+    button(at, "Revoke remote").click().run()
+    assert rows(seeded.dsn, "SELECT mode FROM control_authority ORDER BY at DESC LIMIT 1") == [("edge",)]
+    assert any("**edge**" in m.value for m in at.markdown)
 
 
 def test_models_registry_deployments_actions_and_shadow_accuracy(seeded, monkeypatch) -> None:
@@ -198,11 +202,17 @@ def test_models_registry_deployments_actions_and_shadow_accuracy(seeded, monkeyp
     assert any(m.label.startswith("Mean absolute error") for m in viewer.metric)
 
     at = page("models", seeded, monkeypatch, "olivia")
+    at.selectbox[1].set_value("2")  # version
+    at.selectbox[2].set_value("active")  # mode
+    button(at, f"Deploy to {SITE}").click().run()
+    assert any("setpoint@2 deployed to sim-site in active mode" in s.value for s in at.success)
+    assert rows(seeded.dsn, "SELECT version, mode, created_by FROM model_deployments"
+                            " ORDER BY created_at DESC LIMIT 1") == [("2", "active", "ui:olivia")]
     button(at, f"Roll setpoint back to the previous version at {SITE}").click().run()
     assert any("rolled back to 1" in s.value for s in at.success)
     latest = rows(seeded.dsn, "SELECT version, mode, created_by, reason FROM model_deployments"
                               " ORDER BY created_at DESC LIMIT 1")[0]
-    assert latest[:3] == ("1", "shadow", "ui:olivia") and latest[3].startswith("rollback from 2")
+    assert latest[:3] == ("1", "active", "ui:olivia") and latest[3].startswith("rollback from 2")
 
 
 def test_ab_shows_savings_with_an_interval_and_the_verdict(seeded, monkeypatch) -> None:
@@ -225,6 +235,41 @@ def test_login_takes_the_right_password_only(seeded, monkeypatch) -> None:
     button(at, "Log in").click().run()
     assert at.session_state["user"] == {"name": "olivia", "role": "operator"}
     assert not at.exception
+
+
+def test_central_has_a_site_selector_and_each_page_follows_it(seeded, monkeypatch, tmp_path) -> None:
+    """On central the `site` registry lists the linked sites; the sidebar picks one for every page."""
+    with fresh_database() as dsn, psycopg.connect(dsn) as conn:
+        for site, points in (("north", 3), ("south", 5)):
+            conn.execute("INSERT INTO site (site_id, readings_subscription, meta_subscription)"
+                         " VALUES (%s, 'r', 'm')", (site,))
+            conn.execute("INSERT INTO device (site_id, device_id, address) VALUES (%s, 1, 'x')", (site,))
+            conn.execute("INSERT INTO point (site_id, device_id, object_type, object_instance, object_name,"
+                         " topic) SELECT %s, 1, 'analog-value', i, 'P' || i, %s || '/d/av' || i"
+                         " FROM generate_series(1, %s) i", (site, site, points))
+        conn.commit()
+        monkeypatch.setenv("BACPIPES_CONFIG", str(write_config(tmp_path / "central.toml", dsn)))
+        at = AppTest.from_file(str(APP / "app.py"), default_timeout=60).run()
+        assert at.selectbox(key="site").options == ["north", "south"]
+        at.switch_page(str(APP / "views" / "live.py")).run()
+        assert len(at.dataframe[0].value) == 3
+        at.selectbox(key="site").set_value("south").run()
+        assert len(at.dataframe[0].value) == 5
+        at.switch_page(str(APP / "views" / "points.py")).run()
+        assert any("replicated from the site" in c.value for c in at.caption)  # central does not edit
+
+
+def test_an_operator_runs_a_discovery_from_the_app(db_dsn, monkeypatch, tmp_path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(f'[database]\ndsn = "{db_dsn}"\n[bacnet]\naddress = "127.0.0.107/8:47907"\n'
+                      '[discovery]\ntargets = ["127.0.0.175"]\ntimeout_s = 1.0\n')
+    with ThreadedBuilding(devices=1, address_base="127.0.0.175", seed=3, speed=0):
+        at = page("points", SimpleNamespace(config=config), monkeypatch, "olivia")
+        assert any("No devices yet" in i.value for i in at.info)
+        button(at, "Run a discovery now").click().run()
+    assert any("device     1001" in s.value for s in at.success), [e.value for e in at.error]
+    assert at.dataframe[0].value["device_id"].tolist() == [1001]  # the page shows what it found
+    assert rows(db_dsn, "SELECT count(*) FROM point")[0][0] > 20
 
 
 @pytest.mark.parametrize("name", ["overview", "live", "trends", "points", "commands", "models", "ab"])

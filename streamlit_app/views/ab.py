@@ -60,7 +60,7 @@ def results(site: str, done: pd.DataFrame) -> None:
                           for r in scored])
     st.altair_chart(alt.Chart(table).mark_bar().encode(
         x=alt.X("start:T", title=None), y=alt.Y("energy / baseline model:Q"), color="arm:N",
-        tooltip=list(table.columns)), use_container_width=True)
+        tooltip=list(table.columns)), width="stretch")
     st.dataframe(table, hide_index=True)
 
 

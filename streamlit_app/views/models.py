@@ -50,7 +50,7 @@ def shadow(conn: psycopg.Connection, site: str) -> None:
                          value_vars=["predicted_zone_temp", "actual_zone_temp"])
         st.altair_chart(alt.Chart(long).mark_line().encode(
             x=alt.X("at:T", title=None), y=alt.Y("°C:Q", scale=alt.Scale(zero=False)), color="series:N",
-            strokeDash="setpoint_point:N").interactive(), use_container_width=True)
+            strokeDash="setpoint_point:N").interactive(), width="stretch")
     st.dataframe(table.tail(200), hide_index=True)
 
 

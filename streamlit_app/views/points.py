@@ -23,14 +23,19 @@ LEAVE = "(leave)"
 
 
 def discovery() -> None:
+    """`bacpipes edge discover` with the app's settings, in its own process (it owns a BACnet port)."""
+    if "discovery" in st.session_state:
+        ok, text = st.session_state.pop("discovery")
+        (st.success if ok else st.error)(text)
     if st.button("Run a discovery now", help="Who-Is to the configured targets; takes a few seconds"):
         config = os.environ.get("BACPIPES_CONFIG")
         command = [sys.executable, "-m", "bacpipes.cli", "edge", "discover"] + (
             ["--config", config] if config else [])
         with st.spinner("Discovering…"):
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        (st.success if done.returncode == 0 else st.error)(
-            (done.stdout + done.stderr).strip()[-2000:] or f"discovery ended with code {done.returncode}")
+        text = (done.stdout + done.stderr).strip()[-2000:] or f"discovery ended with code {done.returncode}"
+        st.session_state["discovery"] = (done.returncode == 0, text)
+        st.rerun()  # the tables above show what it found
 
 
 def edit_form(site: str, table: pd.DataFrame) -> None:

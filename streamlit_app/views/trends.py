@@ -61,7 +61,7 @@ def page() -> None:
         color=alt.Color("point:N", title=None),
         tooltip=["time:T", "point:N", "value:Q"],
     ).interactive()
-    st.altair_chart(chart, use_container_width=True)
+    st.altair_chart(chart, width="stretch")
 
     csv, parquet = io.BytesIO(), io.BytesIO()
     data.write_csv(csv)
