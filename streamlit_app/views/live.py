@@ -3,6 +3,7 @@ stand out."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -12,12 +13,15 @@ from streamlit_app.context import current_site, database, settings, shown_errors
 STALE, BAD = "background-color: #fff3cd", "background-color: #f8d7da"
 
 
-def status(row: pd.Series, stale_after: float) -> str:
-    if row["quality"] not in (None, "good") and pd.notna(row["quality"]):
-        return "bad"
-    if pd.isna(row["age_s"]) or row["age_s"] > stale_after * row["interval_s"]:
-        return "stale"
-    return "ok"
+def status(table: pd.DataFrame, stale_after: float) -> pd.Series:
+    bad = table["quality"].notna() & (table["quality"] != "good")
+    stale = table["age_s"].isna() | (table["age_s"] > stale_after * table["interval_s"])
+    return pd.Series(np.select([bad, stale], ["bad", "stale"], "ok"), index=table.index)
+
+
+def highlighted(view: pd.DataFrame) -> pd.DataFrame:
+    colour = view["status"].map({"stale": STALE, "bad": BAD, "ok": ""})
+    return pd.DataFrame({c: colour for c in view.columns}, index=view.index)
 
 
 def filtered(table: pd.DataFrame, equipment: list[str], tag: str, text: str) -> pd.DataFrame:
@@ -54,15 +58,14 @@ def table() -> None:
         if data.empty:
             st.info("No points yet: run a discovery (Devices & points) and start the edge agent.")
             return
-        data["status"] = data.apply(status, axis=1, stale_after=config.ui.stale_after_intervals)
+        data["status"] = status(data, config.ui.stale_after_intervals)
         shown = filtered(data, equipment, tag, text)
         counts = data["status"].value_counts()
         st.caption(f"{len(shown)} of {len(data)} points · {counts.get('stale', 0)} stale · "
                    f"{counts.get('bad', 0)} bad · refreshed every {config.ui.live_refresh_s:g} s")
         view = shown[["status", "equipment", "object_name", "dis", "value", "units", "quality", "age_s",
                       "time", "point_id", "last_error"]]
-        colour = {"stale": STALE, "bad": BAD, "ok": ""}
-        styled = view.style.apply(lambda row: [colour[row["status"]]] * len(row), axis=1)
+        styled = view.style.apply(highlighted, axis=None)
         st.dataframe(styled, hide_index=True, width="stretch", column_config={
             "age_s": st.column_config.NumberColumn("age (s)", format="%.0f"),
             "value": st.column_config.NumberColumn("value", format="%.2f"),
