@@ -107,6 +107,7 @@ class EdgeAgent:
         self.state = PointStateWriter(settings.database.dsn, settings.site.id)
         self.readings_published = 0
         self.started_at = time.time()
+        self._rate_sample = (self.started_at, 0)  # (time, readings) at the last heartbeat
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -207,9 +208,12 @@ class EdgeAgent:
     def _heartbeat(self) -> None:
         """Central measures replication lag by this row's age when it arrives there."""
         try:
+            now, readings = time.time(), self.readings_published
+            (then, before), self._rate_sample = self._rate_sample, (now, readings)
+            rate = round((readings - before) / (now - then), 2) if now > then else None
             with connect(self.settings.database.dsn) as conn:
-                heartbeat(conn, self.settings.site.id,
-                          {**self.health(), "heartbeat_s": self.settings.replication.heartbeat_s})
+                heartbeat(conn, self.settings.site.id, {**self.health(), "readings_per_s": rate,
+                                                        "heartbeat_s": self.settings.replication.heartbeat_s})
         except Exception as exc:  # the database being away must not stop polling
             log.warning("replication heartbeat not written: %s", exc)
 

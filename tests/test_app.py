@@ -55,7 +55,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
             conn.execute("INSERT INTO alerts (site_id, source, severity, message)"
                          " VALUES (%s, 'test', 'warning', %s)", (SITE, "disk 85 % full"))
             heartbeat(conn, SITE, {"readings": 900, "reads_failed": 100, "heartbeat_s": 3600,
-                                   "publisher": {"pending": 7}})
+                                   "readings_per_s": 33.3, "publisher": {"pending": 7}})
             publish_schedule(conn, SITE, switchback(END - timedelta(days=8), 8, seed=1))
             zones = find_zones(conn, SITE)
             features = pl.concat([build_features(zone_frame(z, END - timedelta(days=20), END,
@@ -104,6 +104,7 @@ def rows(dsn: str, query: str, *params: object) -> list[tuple]:
 def test_overview_shows_agents_replication_and_open_alerts(seeded, monkeypatch) -> None:
     at = page("overview", seeded, monkeypatch)
     assert at.metric[0].value == "1 / 1"  # the agent's heartbeat is fresh
+    assert at.metric[1].value == "33.3 /s"
     agents = at.dataframe[0].value
     assert agents.loc[0, "site_id"] == SITE and agents.loc[0, "agent"] == "online"
     assert agents.loc[0, "read_success"] == pytest.approx(0.9) and agents.loc[0, "spool_depth"] == 7

@@ -117,6 +117,8 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
     with psycopg.connect(db_dsn) as conn:
         row = conn.execute("SELECT point_id, status, source, created_by, value_read FROM write_command_status"
                            ).fetchall()
+        health = conn.execute("SELECT agent FROM site_heartbeat").fetchone()[0]
     assert row == [(point, "completed", "ui", "ui:olivia", 21.5)]
+    assert {"readings_per_s", "heartbeat_s", "reads_failed", "publisher"} <= set(health)  # what Overview shows
     assert (shots / "live.png").stat().st_size > 10_000 and (shots / "write.png").stat().st_size > 10_000
     print(f"screenshots in {shots}")

@@ -17,8 +17,8 @@ with shown_errors(), database() as conn:
     online = int((agents["agent"] == "online").sum()) if not agents.empty else 0
     left, middle, right = st.columns(3)
     left.metric("Agents online", f"{online} / {len(known)}")
-    rate = agents["readings_per_s"].sum() if not agents.empty else 0
-    middle.metric("Readings stored", f"{float(rate):.1f} /s", help="over the last 5 minutes")
+    rate = pd.to_numeric(agents["readings_per_s"]).fillna(0).sum() if not agents.empty else 0
+    middle.metric("Readings published", f"{float(rate):.1f} /s", help="between the agents' last heartbeats")
     spool = pd.to_numeric(agents["spool_depth"]).fillna(0).sum() if not agents.empty else 0
     right.metric("Spooled, not yet on the broker", f"{int(spool)}")
     st.dataframe(agents, hide_index=True, column_config={
