@@ -106,6 +106,15 @@ def heartbeat(conn: psycopg.Connection, site_id: str, agent: dict[str, Any] | No
     conn.commit()
 
 
+def linked_sites(conn: psycopg.Connection) -> list[str]:
+    """The sites in central's registry; a site database has none."""
+    return [r[0] for r in conn.execute("SELECT site_id FROM site ORDER BY site_id").fetchall()]
+
+
+def is_central(conn: psycopg.Connection) -> bool:
+    return bool(linked_sites(conn))
+
+
 def site_slots(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """The site's replication slots as the site sees them: wal_status 'lost' means central must resync."""
     cur = conn.execute(

@@ -49,7 +49,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bacpipes.replication import COMMANDS_SUBSCRIPTION, central_status
+from bacpipes.replication import COMMANDS_SUBSCRIPTION, central_status, is_central, linked_sites
 from bacpipes.settings import AlertSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -104,15 +104,8 @@ class Changes:
 # --- the rules ------------------------------------------------------------------------------------
 
 
-def is_central(conn: psycopg.Connection) -> bool:
-    """Central has linked sites in its registry; a site's registry is empty."""
-    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM site)").fetchone()[0])  # type: ignore[index]
-
-
 def sites(conn: psycopg.Connection, settings: Settings, central: bool) -> list[str]:
-    if not central:
-        return [settings.site.id]
-    return [r[0] for r in conn.execute("SELECT site_id FROM site ORDER BY site_id")]
+    return linked_sites(conn) if central else [settings.site.id]
 
 
 def replication_lag(conn: psycopg.Connection, settings: Settings, central: bool) -> list[Verdict]:

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import streamlit as st
 
+from bacpipes.replication import linked_sites
 from bacpipes.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def sites(conn: psycopg.Connection) -> list[str]:
-    """Central lists its linked sites (the `site` registry); a site database is its own single site."""
-    linked = [r[0] for r in conn.execute("SELECT site_id FROM site ORDER BY site_id").fetchall()]
-    return linked or [settings().site.id]
-
-
-def is_central(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM site)").fetchone()[0]  # type: ignore[index]
+    """Central lists its linked sites; a site database is its own single site."""
+    return linked_sites(conn) or [settings().site.id]
 
 
 def current_site(conn: psycopg.Connection) -> str:

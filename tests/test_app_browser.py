@@ -119,6 +119,6 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
                            ).fetchall()
         health = conn.execute("SELECT agent FROM site_heartbeat").fetchone()[0]
     assert row == [(point, "completed", "ui", "ui:olivia", 21.5)]
-    assert {"readings_per_s", "heartbeat_s", "reads_failed", "publisher"} <= set(health)  # what Overview shows
+    assert {"readings_per_s", "heartbeat_s", "reads_failed", "publisher"} <= set(health)  # for Overview
     assert (shots / "live.png").stat().st_size > 10_000 and (shots / "write.png").stat().st_size > 10_000
     print(f"screenshots in {shots}")

@@ -24,8 +24,9 @@ from bacpipes.commands import (
     insert_command,
     revoke_remote,
 )
+from bacpipes.replication import is_central
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, is_central, needs_operator, settings, shown_errors
+from streamlit_app.context import current_site, database, needs_operator, settings, shown_errors
 
 
 def outcome(status: dict) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from bacpipes.replication import is_central
 from streamlit_app import queries
-from streamlit_app.context import database, is_central, shown_errors, sites
+from streamlit_app.context import database, shown_errors, sites
 
 st.title("Overview")
 with shown_errors(), database() as conn:

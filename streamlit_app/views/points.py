@@ -16,8 +16,9 @@ import pandas as pd
 import streamlit as st
 
 from bacpipes.points import WRITE_LIMITS, parse_tags, update_points
+from bacpipes.replication import is_central
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, is_central, operator, settings, shown_errors
+from streamlit_app.context import current_site, database, operator, settings, shown_errors
 
 LEAVE = "(leave)"
 
