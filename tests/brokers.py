@@ -4,13 +4,7 @@ goes away and really comes back with its persisted sessions."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -20,171 +14,22 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bacpipes.embedded import MosquittoBroker as _Broker
+from bacpipes.embedded import find_mosquitto, free_port
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.settings import MqttSettings
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO = find_mosquitto() or "/usr/sbin/mosquitto"
+
+__all__ = ["MOSQUITTO", "Collector", "MosquittoBroker", "Received", "free_port"]
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the broker keeps it across restarts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class MosquittoBroker(_Broker):
+    """A private mosquitto on 127.0.0.1, configured for lossless tests (`bacpipes.embedded`, shared with
+    `bacpipes demo`): unlimited offline queue, 1000 in flight, persistence across `restart()`."""
 
-
-class MosquittoBroker:
-    """A private mosquitto on 127.0.0.1, configured for lossless tests.
-
-    Mosquitto's defaults drop messages in exactly the situations outage tests create: an offline
-    persistent session queues only 1000 QoS1 messages (`max_queued_messages`) and only 20 are in
-    flight per client. Both are lifted here; persistence keeps sessions across `restart()`.
-    """
-
-    def __init__(
-        self,
-        tmp_path: Path,
-        port: int | None = None,
-        persistence: bool = True,
-        extra_conf: str = "",
-        config_file: Path | None = None,
-        config_overrides: dict[str, str] | None = None,
-    ) -> None:
-        """`config_file` runs a deployment config (e.g. deploy/mosquitto.conf) instead of the lossless
-        test one, with this broker's port, data dir and log file substituted, and `config_overrides`
-        replacing further options (e.g. password_file) by name."""
-        self.dir = Path(tmp_path)
-        self.port = port or free_port()
-        self.persistence = persistence
-        self.extra_conf = extra_conf
-        self.config_file = Path(config_file) if config_file else None
-        self.config_overrides = dict(config_overrides or {})
-        self.process: subprocess.Popen[bytes] | None = None
-        self.conf_path = self.dir / "mosquitto.conf"
-        self.log_path = self.dir / "mosquitto.log"
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def _write_conf(self) -> None:
-        if self.config_file is not None:
-            self._write_deploy_conf()
-            return
-        data = self.dir / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {data}/",
-            "max_queued_messages 0",  # 0 = unlimited
-            "max_inflight_messages 1000",
-            "set_tcp_nodelay true",  # as deploy/mosquitto.conf: write commands and results are tiny
-            "log_dest file " + str(self.log_path),
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-        ]
-        if os.geteuid() == 0:
-            # as root mosquitto would switch to user "mosquitto", who cannot write the persistence
-            # files in a root-owned tmp dir
-            lines.append("user root")
-        self.conf_path.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
-
-    def _write_deploy_conf(self) -> None:
-        """The deployment file, minus the options that would bind it to the host's port and paths."""
-        assert self.config_file is not None
-        data = self.dir / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        ours = {
-            "listener": f"{self.port} 127.0.0.1",
-            "persistence_location": f"{data}/",
-            "log_dest": f"file {self.log_path}",
-            **self.config_overrides,
-        }
-        if os.geteuid() == 0:
-            ours["user"] = "root"  # see _write_conf
-        kept = [
-            line for line in self.config_file.read_text().splitlines()
-            if not line.split() or line.split()[0] not in ours
-        ]
-        head = [f"{key} {value}" for key, value in ours.items()]
-        self.conf_path.write_text("\n".join(head + kept) + "\n" + self.extra_conf + "\n")
-
-    def start(self, timeout: float = 10.0) -> MosquittoBroker:
-        """Start (or start again, same port and data) and return once the port accepts connections."""
-        if self.running:
-            raise RuntimeError(f"mosquitto on port {self.port} is already running")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._write_conf()
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}"
-                                   f"{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.02)
-        self.kill()
-        raise TimeoutError(f"mosquitto did not listen on {self.port} within {timeout}s")
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM: a clean shutdown, which is when mosquitto writes its persistence file."""
-        self._signal(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash; whatever mosquitto had not autosaved is gone."""
-        self._signal(signal.SIGKILL, 10.0)
-
-    def restart(self) -> MosquittoBroker:
-        self.stop()
-        return self.start()
-
-    def _signal(self, sig: signal.Signals, timeout: float) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
-        self.process = None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> MosquittoBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def __init__(self, tmp_path: Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(tmp_path, *args, binary=kwargs.pop("binary", MOSQUITTO), **kwargs)
 
 
 class Received(NamedTuple):

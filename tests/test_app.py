@@ -6,7 +6,6 @@ Assertions are on the data the pages show and on the rows their actions create."
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ import psycopg
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from bacpipes.embedded import free_port
 from bacpipes.features import build_features
 from bacpipes.replication import heartbeat
 from bacpipes.settings import load_settings
@@ -275,9 +275,6 @@ def test_an_operator_runs_a_discovery_from_the_app(db_dsn, monkeypatch, tmp_path
 
 @pytest.mark.parametrize("name", ["overview", "live", "trends", "points", "commands", "models", "ab"])
 def test_a_database_that_is_away_is_a_message_not_a_traceback(name, tmp_path, monkeypatch) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
-    config = write_config(tmp_path / "down.toml", f"postgresql://postgres@127.0.0.1:{port}/bacpipes")
+    config = write_config(tmp_path / "down.toml", f"postgresql://postgres@127.0.0.1:{free_port()}/bacpipes")
     at = page(name, SimpleNamespace(config=config), monkeypatch)
     assert any("database is not answering" in e.value for e in at.error)

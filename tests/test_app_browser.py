@@ -6,7 +6,6 @@ priority array holds the value. Screenshots go to the test's output folder."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import psycopg
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from bacpipes.embedded import free_port
 from bacpipes.users import add_user
 from edge.writes import slot_value
 from sim.server import ThreadedBuilding
@@ -29,12 +29,6 @@ BASE = "127.0.0.170"
 AGENT = "127.0.0.106/8:47906"
 SETPOINT = "analog-value,1"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

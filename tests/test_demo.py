@@ -1,0 +1,171 @@
+"""`bacpipes demo` as a user runs it: the real command, in its own folder, with its own databases, broker,
+virtual building, agent, flows and app; checked on what it leaves behind, then run again and reset."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bacpipes.embedded import listening
+
+pytestmark = pytest.mark.timeout(400)
+
+SITE = "macau-casino"
+
+
+class Run:
+    """The demo as a child process; its output collected line by line as it comes."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.lines: list[str] = []
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bacpipes.cli", "demo", "--dir", str(directory), "--days", "10",
+             "--status-every", "3", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.text)
+            if found:
+                return found
+            assert self.proc.poll() is None, f"the demo exited ({self.proc.returncode}):\n{self.text}"
+            time.sleep(0.2)
+        raise AssertionError(f"no {pattern!r} within {timeout:.0f} s:\n{self.text}")
+
+    def finish(self, timeout: float = 120) -> float:
+        assert self.proc.wait(timeout) == 0, self.text
+        self._reader.join(10)
+        return time.monotonic() - self.started
+
+
+def demo_processes(directory: Path) -> list[str]:
+    """Every process whose command line names the demo folder (postgres, mosquitto, streamlit…)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(directory) in cmdline and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def count(dsn: str, query: str, *params: object) -> int:
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        return conn.execute(query, params).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def folder() -> Iterator[Path]:
+    # not pytest's tmp_path: it is 0700 root, which the `postgres` user (root runs the servers as it)
+    # could not enter
+    directory = Path(tempfile.mkdtemp(prefix="bacpipes-demo-"))
+    directory.chmod(0o755)
+    demo = directory / "demo"
+    yield demo
+    left = demo_processes(demo)
+    shutil.rmtree(directory, ignore_errors=True)
+    assert not left, left
+
+
+@pytest.fixture(scope="module")
+def first_run(folder: Path) -> dict:
+    run = Run(folder, "--seconds", "12")
+    url = run.wait_for(r"app \(site\):\s+(http://127\.0\.0\.1:\d+)", 240).group(1)
+    central_url = run.wait_for(r"app \(central\):\s+(http://127\.0\.0\.1:\d+)", 5).group(1)
+    password = run.wait_for(r"user / password:\s+demo / (\S+)", 5).group(1)
+    health = {}
+    for name, address in (("site", url), ("central", central_url)):
+        with urllib.request.urlopen(f"{address}/_stcore/health", timeout=5) as answer:
+            health[name] = (answer.status, answer.read().decode())
+    ports = json.loads((folder / "demo.json").read_text())["ports"]
+    site = f"postgresql://postgres@127.0.0.1:{ports['site_db']}/bacpipes"
+    central = f"postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"
+    run.wait_for(r"\d+ readings published", 30)  # a status line: the agent is publishing
+    live = "SELECT count(*) FROM sensor_readings WHERE time > now() - interval '2 minutes'"
+    observed = {
+        "site_readings": count(site, "SELECT count(*) FROM sensor_readings"),
+        "central_readings": count(central, "SELECT count(*) FROM sensor_readings WHERE site_id = %s", SITE),
+        "site_live": count(site, live),
+        "registered": count(central, "SELECT count(*) FROM model_registry"),
+        "site_shadow": count(site, "SELECT count(*) FROM model_deployments WHERE mode = 'shadow'"),
+        "baselines": count(central, "SELECT count(*) FROM baseline_models WHERE meets_guideline_14"),
+        "users": count(site, "SELECT count(*) FROM app_users WHERE username = 'demo' AND role = 'operator'"),
+    }
+    deadline = time.monotonic() + 30  # the live readings reach central too
+    while count(central, live) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    observed["central_live"] = count(central, live)
+    elapsed = run.finish()
+    return {"run": run, "url": url, "central_url": central_url, "password": password, "health": health,
+            "ports": ports, "site": site, "central": central, "elapsed": elapsed, **observed}
+
+
+def test_first_run_brings_up_the_whole_platform(folder: Path, first_run: dict) -> None:
+    r = first_run
+    assert r["health"] == {"site": (200, "ok"), "central": (200, "ok")}
+    assert r["site_readings"] > 100_000  # 10 days of 53 points every 5 min, and the live ones
+    assert r["central_readings"] >= r["site_readings"] - 1_000  # replicated (live ones may lag a little)
+    assert r["site_live"] > 0 and r["central_live"] > 0
+    assert r["registered"] == 1 and r["site_shadow"] == 1  # trained on central, deployed to the site
+    assert r["baselines"] == 1 and r["users"] == 1
+    credentials = folder / "credentials.txt"
+    assert r["password"] in credentials.read_text() and credentials.stat().st_mode & 0o077 == 0
+    text = r["run"].text
+    assert f"{folder}/site.toml" in text and "stopped site database" in text
+    for config in ("site.toml", "central.toml"):  # other commands work against the demo's settings
+        status = subprocess.run([sys.executable, "-m", "bacpipes.cli", "authority", "show", "--config",
+                                 str(folder / config)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 3 and "database unavailable" in status.stderr  # stopped now
+    # after it ended: nothing listening, no process of the demo left
+    assert not demo_processes(folder)
+    for port in (*r["ports"].values(), int(r["url"].rsplit(":", 1)[1])):
+        assert not listening(port), port
+
+
+def test_second_run_reuses_the_folder(folder: Path, first_run: dict) -> None:
+    run = Run(folder, "--seconds", "1", "--no-app")
+    run.wait_for(r"BacPipes demo is running", 120)
+    elapsed = run.finish()
+    assert "reusing it" in run.text and "no backfill" in run.text and "no flows run" in run.text
+    assert "backfill 10 days" not in run.text
+    assert elapsed < first_run["elapsed"] / 2, (elapsed, first_run["elapsed"])
+    assert not demo_processes(folder)
+
+
+def test_reset_starts_over(folder: Path, first_run: dict) -> None:
+    run = Run(folder, "--reset", "--seconds", "1", "--no-app")
+    run.wait_for(r"BacPipes demo is running", 240)
+    run.finish()
+    assert "--reset: deleted" in run.text and "first run" in run.text and "backfill 10 days" in run.text
+    assert json.loads((folder / "demo.json").read_text())["runs"] == 1
+    assert first_run["password"] not in (folder / "credentials.txt").read_text()  # new credentials
+    assert not demo_processes(folder)
