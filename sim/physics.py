@@ -119,6 +119,7 @@ class Zone:
     valve_auto_pct: float = 0.0  # what the PI loop asks for
     heat_pct: float = 0.0
     cooling_kw: float = 0.0  # coil load, thermal
+    latent_kwh: float = 0.0  # moisture the coil has removed so far (latent heat)
     heating_kw: float = 0.0  # electric reheat
     plug_kw: float = 0.0
     _i_cool: float = 0.0
@@ -181,6 +182,7 @@ class Zone:
             oa * RHO * H_FG * max(0.0, weather.humidity_ratio - INDOOR_W) + people * 0.055
         )
         latent_removed = min(latent_demand, 0.4 * self.cooling_kw)
+        self.latent_kwh += latent_removed * dt / 3600.0
         if fan:
             t_mix = t + (oa / self.airflow_m3s) * (weather.temp_c - t)
             self.supply_air_c = t_mix + (

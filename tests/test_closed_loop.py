@@ -16,6 +16,7 @@ def test_same_seed_same_building_and_baseline_control_is_comfortable() -> None:
     second, _ = run(2, seed=5, start=datetime(2026, 7, 1), days=1, every_s=900, controller=hold,
                     band=(22.0, 25.0))
     assert first == second and first.energy_kwh > 0 and first.peak_kw > 0
+    assert first.moisture_kwh > 0  # a humid July: the coils dehumidify
     assert first.discomfort_kh < 0.5  # a 24 °C setpoint keeps the zones in 22–25 °C
     assert [f.height for f in frames] == [96, 96]
 
@@ -24,7 +25,7 @@ def test_closed_loop_reports_both_runs_on_the_same_days() -> None:
     report = closed_loop(days=1, zones=1)
     assert report.baseline.energy_kwh > 0 and report.ml.energy_kwh > 0
     assert report.ml != report.baseline  # the model did act
-    assert "kWh" in report.summary() and "K·h" in report.summary()
+    assert "kWh" in report.summary() and "K·h" in report.summary() and "moisture" in report.summary()
 
 
 def test_closed_loop_flow(prefect) -> None:
