@@ -52,6 +52,7 @@ from typing import Any
 from bacpipes.contracts import reading_filter
 from bacpipes.embedded import AmqttBroker, PostgresCluster, find_pg_bin, make_broker, pick_port, port_free
 from bacpipes.mqtt import connect_async, make_client
+from bacpipes.points import update_points
 from bacpipes.progress import Steps
 from bacpipes.settings import Settings, load_settings
 
@@ -66,6 +67,7 @@ PREFERRED_PORTS = {"site_db": 55432, "central_db": 55433, "mqtt": 18830}
 UI_PORT = 8501
 DEMO_USER = "demo"
 BACKFILL_INTERVAL_S = 300  # 5-minute history: 14 days of 3 devices in ~4 s
+ML_LIMITS = {"ml_min_value": "22", "ml_max_value": "26", "ml_max_step": "1"}  # °C, per zone setpoint
 MIN_DAYS = 10  # the baseline needs more hours than its 168 hour-of-week parameters
 STATE_FILE = "demo.json"
 CREDENTIALS_FILE = "credentials.txt"
@@ -184,7 +186,7 @@ class Demo:
             f'[spool]\npath = "{d / "var" / "spool.sqlite"}"\n\n'
             f'[replication]\nhost = "127.0.0.1"\nport = {ports["site_db"]}\ncerts_dir = "{d / "certs"}"\n'
             "heartbeat_s = 5\n\n"
-            "[ml]\nenabled = true\n\n"
+            "[ml]\nenabled = true\ninterval_s = 300\n\n"
             f"[ui]\nport = {UI_PORT}\n"
         )
         central = (
@@ -302,14 +304,21 @@ class Demo:
     # -- history
 
     def backfill(self) -> None:
-        from sim.backfill import backfill
-
         assert self.site is not None
         done = self.state.get("backfill")
         if done:
             self.steps.say(f"  history: {done['rows']:,} simulated readings already there "
                            f"({done['days']} days to {done['last']}): no backfill")
             return
+        self._backfill()
+        # what an operator does before a model may act: ML limits on each zone's cooling setpoint
+        # (without them edge inference logs "no ML limits" and decides nothing, even in shadow mode)
+        update_points(self.site, match="*-ZN-CLG-SP", limits=ML_LIMITS)
+
+    def _backfill(self) -> None:
+        from sim.backfill import backfill
+
+        assert self.site is not None
         days = self.opts.days
         name = f"backfill {days} days of simulated history into the site database"
         with self.steps.step(name, total=days) as update:

@@ -119,6 +119,8 @@ def first_run(folder: Path) -> dict:
         "site_shadow": count(site, "SELECT count(*) FROM model_deployments WHERE mode = 'shadow'"),
         "baselines": count(central, "SELECT count(*) FROM baseline_models WHERE meets_guideline_14"),
         "users": count(site, "SELECT count(*) FROM app_users WHERE username = 'demo' AND role = 'operator'"),
+        "shadow_decisions": count(site, "SELECT count(*) FROM inference_log WHERE mode = 'shadow'"
+                                        " AND setpoint IS NOT NULL AND command_id IS NULL"),
     }
     deadline = time.monotonic() + 30  # the live readings reach central too
     while count(central, live) == 0 and time.monotonic() < deadline:
@@ -137,6 +139,7 @@ def test_first_run_brings_up_the_whole_platform(folder: Path, first_run: dict) -
     assert r["site_live"] > 0 and r["central_live"] > 0
     assert r["registered"] == 1 and r["site_shadow"] == 1  # trained on central, deployed to the site
     assert r["baselines"] == 1 and r["users"] == 1
+    assert r["shadow_decisions"] == 3  # one per zone: the model decided, in shadow, and wrote nothing
     credentials = folder / "credentials.txt"
     assert r["password"] in credentials.read_text() and credentials.stat().st_mode & 0o077 == 0
     text = r["run"].text

@@ -57,7 +57,7 @@ def page() -> None:
     shown = data.select("time", "point_id", "value").to_pandas()
     shown["point"] = shown["point_id"].map(labels)
     chart = alt.Chart(shown).mark_line().encode(
-        x=alt.X("time:T", title=None), y=alt.Y("value:Q", title=None),
+        x=alt.X("time:T", title=None), y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
         color=alt.Color("point:N", title=None),
         tooltip=["time:T", "point:N", "value:Q"],
     ).interactive()
