@@ -35,6 +35,8 @@ def settings() -> Settings:
 @contextmanager
 def database() -> Iterator[psycopg.Connection]:
     with psycopg.connect(settings().database.dsn, autocommit=True, connect_timeout=3) as conn:
+        # times as the site's people read them (psycopg returns timestamptz in the session's zone)
+        conn.execute("SELECT set_config('TimeZone', %s, false)", (settings().site.timezone,))
         yield conn
 
 
