@@ -9,7 +9,6 @@ backup, and pruning runs only after a new dump succeeded, so the last good one i
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bacpipes.db import connect, ensure_database
+from bacpipes.embedded import find_pg_bin
 from bacpipes.replication import slug
 from bacpipes.settings import Settings
 
@@ -28,16 +28,15 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 
 
 def pg_binary(name: str) -> str:
-    """pg_dump/pg_restore: on PATH, else the newest /usr/lib/postgresql/*/bin (a newer pg_dump reads older
-    servers, never the reverse)."""
+    """pg_dump/pg_restore: on PATH, else beside the PostgreSQL server binaries the demo and tests use (the
+    newest /usr/lib/postgresql/*/bin: a newer pg_dump reads older servers, never the reverse)."""
     found = shutil.which(name)
     if found:
         return found
-    candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
-    candidates.sort(key=lambda p: int(re.search(r"/postgresql/(\d+)/", p).group(1)))  # type: ignore[union-attr]
-    if not candidates:
-        raise FileNotFoundError(f"{name} not found on PATH nor in /usr/lib/postgresql/*/bin")
-    return candidates[-1]
+    located = find_pg_bin()
+    if located and (located[0] / name).exists():
+        return str(located[0] / name)
+    raise FileNotFoundError(f"{name} not found on PATH nor beside the PostgreSQL server binaries")
 
 
 def _command_env(dsn: str) -> tuple[str, dict[str, str]]:
