@@ -1,6 +1,15 @@
-"""The schedules `bacpipes flows serve` registers."""
+"""The schedules `bacpipes flows serve` registers, and a served run on a real Prefect server."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psycopg
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL
 
 from flows.serve import SCHEDULES, deployments
 
@@ -21,3 +30,38 @@ def test_alerts_on_a_site_let_the_database_decide() -> None:
     built = {d.name: d for d in deployments("/etc/bacpipes/site.toml")}
     assert built["bacpipes-alerts"].parameters == {"config": "/etc/bacpipes/site.toml", "central": None}
     assert built["bacpipes-backup"].parameters == {"config": "/etc/bacpipes/site.toml"}
+
+
+def test_flows_serve_runs_a_deployment_against_a_real_prefect_server(prefect, db_dsn, tmp_path) -> None:
+    """`bacpipes flows serve` in its own process, on the test harness's Prefect server: a run of the alerts
+    deployment is picked up, executed against the site database, and stores its alert."""
+    with psycopg.connect(db_dsn) as conn:  # a site with a published point and no agent heartbeat
+        conn.execute("INSERT INTO device (site_id, device_id, address) VALUES ('serve-site', 1, 'x')")
+        conn.execute("INSERT INTO point (site_id, device_id, object_type, object_instance)"
+                     " VALUES ('serve-site', 1, 'analog-value', 1)")
+    config = tmp_path / "site.toml"
+    config.write_text(f'[site]\nid = "serve-site"\n[database]\ndsn = "{db_dsn}"\n'
+                      f'[alerts]\nstate_path = "{tmp_path / "alerts-state.json"}"\n'
+                      f'[backups]\ndir = "{tmp_path / "backups"}"\n')
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    served = tmp_path / "serve.log"
+    log = served.open("w")
+    command = [sys.executable, "-m", "bacpipes.cli", "flows", "serve", "--config", str(config)]
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        run = None
+        deadline = time.monotonic() + 60
+        while run is None:  # the deployments exist once the serving process has registered them
+            try:
+                run = run_deployment("alerts/bacpipes-alerts", timeout=120)
+            except Exception:
+                assert server.poll() is None and time.monotonic() < deadline, served.read_text()
+                time.sleep(1)
+        assert run.state is not None and run.state.is_completed(), (run.state, served.read_text())
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+    with psycopg.connect(db_dsn) as conn:
+        sources = [r[0] for r in conn.execute("SELECT source FROM alerts WHERE resolved_at IS NULL")]
+    assert "alerts:agent_offline" in sources
