@@ -141,6 +141,12 @@ def preview_topics(conn: psycopg.Connection, site: str, point_ids: list[int],
 
 # --- Commands -----------------------------------------------------------------------------------------
 
+def present_value(conn: psycopg.Connection, site: str, point_id: int) -> float | None:
+    row = conn.execute("SELECT value FROM point_state WHERE site_id = %s AND point_id = %s",
+                       (site, point_id)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def audit(conn: psycopg.Connection, site: str, limit: int = 200) -> pd.DataFrame:
     return frame(conn, """
         SELECT w.created_at, w.status, coalesce(p.dis, p.object_name) AS point, w.point_id, w.command_type,

@@ -174,7 +174,9 @@ def test_an_operator_writes_with_confirmation_and_the_row_is_audited(seeded, mon
 
     at = page("commands", seeded, monkeypatch, "olivia")
     setpoint = seeded.zones[0].setpoint
-    at.selectbox[0].set_value(setpoint)
+    at.selectbox(key="write_point").set_value(setpoint).run()
+    present = rows(seeded.dsn, "SELECT value FROM point_state WHERE point_id = %s", setpoint)[0][0]
+    assert at.number_input[0].value == pytest.approx(present)  # the form starts at the present value
     at.number_input[0].set_value(23.5)
     at.text_input[0].set_value("pre-cool for the event")
     button(at, "Review").click().run()

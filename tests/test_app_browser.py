@@ -96,6 +96,12 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
             page.get_by_label("Point").click()
             page.keyboard.type(label)
             page.keyboard.press("Enter")
+            with psycopg.connect(db_dsn) as conn:
+                present = conn.execute("SELECT value FROM point_state WHERE point_id = %s",
+                                       (point,)).fetchone()[0]
+            # the form follows the chosen point: its value field starts at the point's present value
+            expect(page.locator(f'input[aria-label="Value"][value="{present:.2f}"]')).to_have_count(1)
+            expect(page.locator('input[aria-label="Value"]')).to_have_count(1)  # the old one is gone
             page.get_by_label("Value").fill("21.5")
             page.get_by_label("Reason").fill("browser test")
             page.get_by_role("button", name="Review").click()

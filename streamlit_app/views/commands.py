@@ -59,11 +59,14 @@ def write_form(conn: psycopg.Connection, site: str, name: str, central: bool) ->
         st.info("No writable points at this site.")
         return
     labels = dict(zip(choices["point_id"], choices["label"], strict=True))
+    point = st.selectbox("Point", list(labels), format_func=labels.get, key="write_point")
+    present = queries.present_value(conn, site, int(point))
+    st.caption(f"Now: {present:g}" if present is not None else "No reading yet")
     with st.form("write"):
-        point = st.selectbox("Point", list(labels), format_func=labels.get)
         left, middle, right = st.columns(3)
         action = left.radio("Action", ["write", "release"], horizontal=True)
-        value = middle.number_input("Value", value=0.0, step=0.5, format="%.2f")
+        value = middle.number_input("Value", value=present if present is not None else 0.0, step=0.5,
+                                    format="%.2f", key=f"write_value_{point}")  # starts at the present value
         priority = right.number_input("Priority", min_value=1, max_value=16, value=8, step=1)
         reason = st.text_input("Reason", placeholder="why (kept in the audit trail)")
         if st.form_submit_button("Review"):
