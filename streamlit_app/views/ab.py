@@ -58,9 +58,10 @@ def results(site: str, done: pd.DataFrame) -> None:
     table = pd.DataFrame([{"start": r.period.start, "arm": r.period.arm, "energy / baseline model":
                            r.normalised_energy, "discomfort K·h per zone": r.discomfort_kh_per_zone}
                           for r in scored])
-    st.altair_chart(alt.Chart(table).mark_bar().encode(
-        x=alt.X("start:T", title=None), y=alt.Y("energy / baseline model:Q"), color="arm:N",
-        tooltip=list(table.columns)), width="stretch")
+    for measure in ("energy / baseline model", "discomfort K·h per zone"):  # energy, then comfort, by period
+        st.altair_chart(alt.Chart(table).mark_bar().encode(
+            x=alt.X("start:T", title=None), y=alt.Y(f"{measure}:Q"), color="arm:N",
+            tooltip=list(table.columns)), width="stretch")
     st.dataframe(table, hide_index=True)
 
 
