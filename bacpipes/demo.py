@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 from bacpipes.contracts import reading_filter
-from bacpipes.embedded import AmqttBroker, PostgresCluster, find_pg_bin, make_broker, pick_port, port_free
+from bacpipes.embedded import (
+    AmqttBroker,
+    PostgresCluster,
+    alive,
+    find_pg_bin,
+    make_broker,
+    pick_port,
+    port_free,
+)
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.points import update_points
 from bacpipes.progress import Steps
@@ -142,7 +150,7 @@ class Demo:
             pid = int((self.dir / "demo.pid").read_text())
         except (OSError, ValueError):
             return
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and alive(pid):
             raise RuntimeError(f"another demo (pid {pid}) is running in {self.dir}: stop it first")
 
     def _credentials(self) -> None:
@@ -659,16 +667,6 @@ def _raise_interrupt(_sig: int, _frame: Any) -> None:
 
 def _ignore(_sig: int, _frame: Any) -> None:
     pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _supports_ssl(bin_dir: Path) -> bool:

@@ -75,6 +75,17 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def alive(pid: int) -> bool:
+    """A process with this pid exists (possibly another user's, e.g. `postgres` when we are root)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --- finding binaries ----------------------------------------------------------------------------
 
 
@@ -234,18 +245,8 @@ class PostgresCluster:
     @property
     def running(self) -> bool:
         """A postmaster whose pid file is there and whose process is alive."""
-        pid_file = self.data / "postmaster.pid"
-        try:
-            pid = int(pid_file.read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        pid = self.pid
+        return pid is not None and alive(pid)
 
     @property
     def pid(self) -> int | None:
