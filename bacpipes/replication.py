@@ -115,6 +115,17 @@ def is_central(conn: psycopg.Connection) -> bool:
     return bool(linked_sites(conn))
 
 
+def heartbeat_every(agent: dict[str, Any] | None) -> float:
+    """The interval the agent said it writes its heartbeat at (10 s when it did not say)."""
+    return float((agent or {}).get("heartbeat_s") or 10.0)
+
+
+def agent_silent(age_s: float | None, agent: dict[str, Any] | None) -> bool:
+    """No heartbeat, or none for three of the agent's own intervals: the app's "offline" and the
+    agent_offline alert rule judge the same way."""
+    return age_s is None or not age_s <= 3 * heartbeat_every(agent)  # NaN (a table's missing value) too
+
+
 def site_slots(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """The site's replication slots as the site sees them: wal_status 'lost' means central must resync."""
     cur = conn.execute(

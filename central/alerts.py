@@ -49,7 +49,14 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bacpipes.replication import COMMANDS_SUBSCRIPTION, central_status, is_central, linked_sites
+from bacpipes.replication import (
+    COMMANDS_SUBSCRIPTION,
+    agent_silent,
+    central_status,
+    heartbeat_every,
+    is_central,
+    linked_sites,
+)
 from bacpipes.settings import AlertSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -253,9 +260,8 @@ def agent_offline(conn: psycopg.Connection, site_id: str, central: bool) -> Verd
             message = f"no heartbeat from the edge agent, and the site has {points} published points"
     elif not central:
         health, age = row
-        every = float(health.get("heartbeat_s") or 10.0)
-        if age > 3 * every:
-            message = f"edge agent silent for {age:.0f} s (heartbeat every {every:.0f} s)"
+        if agent_silent(age, health):
+            message = f"edge agent silent for {age:.0f} s (heartbeat every {heartbeat_every(health):.0f} s)"
     return Verdict("agent_offline", site_id, message, "critical")
 
 

@@ -15,7 +15,7 @@ import polars as pl
 import psycopg
 
 from bacpipes.readings import load_readings
-from bacpipes.replication import site_slots
+from bacpipes.replication import agent_silent, site_slots
 from bacpipes.settings import Settings
 
 
@@ -36,10 +36,9 @@ def agents(conn: psycopg.Connection, sites: list[str]) -> pd.DataFrame:
 
     def health(row: pd.Series) -> pd.Series:
         agent = row["agent"] or {}
-        beat = float(agent.get("heartbeat_s") or 10.0)
         readings, failed = agent.get("readings") or 0, agent.get("reads_failed") or 0
         return pd.Series({
-            "agent": "online" if row["age_s"] is not None and row["age_s"] < 3 * beat else "offline",
+            "agent": "offline" if agent_silent(row["age_s"], agent) else "online",
             "read_success": readings / (readings + failed) if readings + failed else None,
             "readings_per_s": agent.get("readings_per_s"),
             "spool_depth": (agent.get("publisher") or {}).get("pending"),
