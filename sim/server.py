@@ -22,6 +22,7 @@ from sim.bbmd import make_bbmd
 from sim.devices import FIRST_INSTANCE, SimDevice
 from sim.objects import SimApplication
 from sim.physics import Building
+from sim.router import SimRouter
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 T = TypeVar("T")
@@ -71,6 +72,8 @@ class VirtualBuilding:
         start: datetime | None = None,
         tick_s: float = 1.0,
         bbmd: str | None = None,
+        routed: int = 0,
+        router_address: str | None = None,
     ) -> None:
         if devices < 1:
             raise ValueError("devices must be at least 1")
@@ -81,11 +84,23 @@ class VirtualBuilding:
         self.speed = speed
         self.port = port
         self.tick_s = tick_s
-        self.building = Building(devices, seed=seed, start=start)
+        self.building = Building(devices + routed, seed=seed, start=start)
         self.devices = [
             SimDevice(k, self.building, addr, port, points, self._on_write)
             for k, addr in enumerate(self.addresses)
         ]
+        # Controllers behind a BACnet/IP router (sim/router.py), at `2:1`..; they follow the IP ones.
+        self.router: SimRouter | None = None
+        if routed:
+            # default: the loopback address after the last IP device's
+            router_ip = (
+                device_addresses(router_address, 1) if router_address
+                else device_addresses(address_base, devices + 1)
+            )[-1]
+            if router_ip in self.addresses:
+                raise ValueError(f"router address {router_ip} is a device's address")
+            self.router = SimRouter(self.building, router_ip, port, devices, routed, points, self._on_write)
+            self.devices += self.router.devices
         self._wall0 = time.monotonic()
         self._time0 = self.building.time
         self._tick_task: asyncio.Task[None] | None = None
@@ -98,14 +113,16 @@ class VirtualBuilding:
 
     async def start(self) -> None:
         """Create every device's objects and bind its UDP socket."""
-        for dev in self.devices:
+        ip_devices = self.devices[: len(self.addresses)]
+        for dev in ip_devices:
             dev.app = SimApplication.from_object_list(dev.build())
-        apps = [d.app for d in self.devices if d.app]
+        apps = [d.app for d in ip_devices if d.app]
         if self.bbmd_address:
             self._bbmd = make_bbmd(self.bbmd_address, self.port)
             apps.append(self._bbmd)
         try:
-            await asyncio.wait_for(asyncio.gather(*(_bound(app) for app in apps)), BIND_TIMEOUT_S)
+            waits = [_bound(app) for app in apps] + ([self.router.start()] if self.router else [])
+            await asyncio.wait_for(asyncio.gather(*waits), BIND_TIMEOUT_S)
         except TimeoutError as err:
             await self.stop()
             raise OSError(
@@ -125,6 +142,8 @@ class VirtualBuilding:
         if self._bbmd is not None:
             self._bbmd.close()
             self._bbmd = None
+        if self.router is not None:
+            self.router.stop()
 
     async def stop_device(self, instance: int) -> None:
         """Close one device's Application: from now on it answers nothing, like a dead controller."""
@@ -267,6 +286,7 @@ def run(
     speed: float = 1.0,
     port: int = 47808,
     bbmd: str | None = None,
+    routed: int = 0,
 ) -> None:
     """Serve until SIGINT/SIGTERM (the ``bacpipes sim`` command)."""
 
@@ -279,6 +299,7 @@ def run(
             speed=speed,
             port=port,
             bbmd=bbmd,
+            routed=routed,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -286,7 +307,11 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         await vb.start()
         for instance, address, count in vb.describe():
-            print(f"device {instance} at {address}:{port} with {count} objects", flush=True)
+            where = address if ":" in address else f"{address}:{port}"  # `2:1`: behind the router
+            print(f"device {instance} at {where} with {count} objects", flush=True)
+        if vb.router:
+            r = vb.router
+            print(f"router at {r.address}:{port} (network {r.ip_network}) to network {r.network}", flush=True)
         if bbmd:
             print(f"BBMD at {bbmd}:{port} (register agents as foreign devices here)", flush=True)
         print(f"building time {vb.building.time:%Y-%m-%d %H:%M} at {speed:g}x", flush=True)
