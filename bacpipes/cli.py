@@ -66,6 +66,7 @@ def _sim(args: argparse.Namespace) -> int:
         speed=args.speed,
         port=args.port,
         bbmd=args.bbmd,
+        routed=args.routed,
     )
     return 0
 
@@ -104,13 +105,13 @@ def _flows_serve(args: argparse.Namespace) -> int:
 
 
 def _edge_discover(args: argparse.Namespace) -> int:
-    from edge.bacnet import BacnetClient, make_application
+    from edge.bacnet import BacnetClient
     from edge.discovery import discover
 
     settings = load_settings(args.config)
 
     async def main() -> int:
-        client = BacnetClient(make_application(settings.bacnet, settings.discovery.bbmd))
+        client = BacnetClient.open(settings.bacnet, settings.discovery.bbmd)
         try:
             report = await discover(client, settings)
         finally:
@@ -122,11 +123,40 @@ def _edge_discover(args: argparse.Namespace) -> int:
             )
         for device_id, error in report.errors.items():
             print(f"device {device_id:>8} ERROR {error}", file=sys.stderr)
+        if report.history:
+            h = report.history
+            print(f"trend-log history: {h.added} readings imported, {len(h.failed)} logs failed")
         print(
             f"{len(report.devices)} devices, {report.point_count} points "
             f"({report.new_points} new, {report.missing_points} newly missing)"
         )
         return 0 if report.devices else 1
+
+    return asyncio.run(main())
+
+
+def _edge_history(args: argparse.Namespace) -> int:
+    """Import the history the devices' trend logs hold (resumes after the last import)."""
+    from edge.bacnet import BacnetClient
+    from edge.trendlog import history_window, import_history
+
+    settings = load_settings(args.config)
+    since = history_window(args.since, settings.site.tz)
+
+    async def main() -> int:
+        client = BacnetClient.open(settings.bacnet, settings.discovery.bbmd)
+        try:
+            report = await import_history(client, settings, device=args.device, since=since)
+        finally:
+            client.close()
+        for item in report.logs:
+            error = f"  ERROR {item.error}" if item.error else ""
+            print(f"device {item.device_id:>8} trend-log {item.log_instance:<5} point {item.point_id or '-'}"
+                  f"  read {item.read}, added {item.added}{error}")
+        for device_id, error in report.device_errors.items():
+            print(f"device {device_id:>8} ERROR {error}", file=sys.stderr)
+        print(f"{len(report.logs)} trend logs, {report.added} readings added, {len(report.failed)} failed")
+        return 1 if report.failed or report.device_errors else 0
 
     return asyncio.run(main())
 
@@ -166,6 +196,8 @@ def _points_set(args: argparse.Namespace) -> int:
         qos=args.qos,
         tags=args.tag or [],
         limits={c: getattr(args, c) for c in WRITE_LIMIT_ARGS if getattr(args, c) is not None},
+        acquisition=args.acquisition,
+        cov_confirmed=args.cov_confirmed,
     )
     print(f"updated {count} point(s)")
     return 0
@@ -390,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0, help="building seconds per wall second")
     sim.add_argument("--port", type=int, default=47808)
     sim.add_argument("--bbmd", help="also serve a BBMD at this loopback address, e.g. 127.0.0.9")
+    sim.add_argument("--routed", type=int, default=0,
+                     help="this many more devices behind a BACnet/IP router (next address), at 2:1, 2:2, ..")
     sim.set_defaults(func=_sim)
     backfill = with_config(sim.add_subparsers(dest="sim_command").add_parser(
         "backfill", help="write N days of simulated history into the database (marked simulated)"))
@@ -414,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_config(edge.add_parser("run", help="poll and publish until stopped"))
     run.add_argument("--discover", action="store_true", help="rediscover before polling")
     run.set_defaults(func=_edge_run)
+    history = with_config(edge.add_parser("history", help="import the devices' trend-log history now"))
+    history.add_argument("--device", type=int, help="only this device instance")
+    history.add_argument("--since", help="skip older records: ISO date/time (site time) or a span, e.g. 2d")
+    history.set_defaults(func=_edge_history)
     ingest = with_config(edge.add_parser("ingest", help="MQTT readings into PostgreSQL until stopped"))
     ingest.set_defaults(func=_edge_ingest)
 
@@ -428,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     pset.add_argument("--publish", choices=["on", "off"])
     pset.add_argument("--interval", type=float)
     pset.add_argument("--qos", type=int, choices=[0, 1, 2])
+    pset.add_argument("--acquisition", choices=["poll", "cov"], help="cov: change of value, polled to check")
+    pset.add_argument("--cov-confirmed", choices=["on", "off", "default"], help="confirmed COV notifications")
     pset.add_argument("--tag", action="append", help="key=value (empty value removes the tag)")
     for column, flag in WRITE_LIMIT_ARGS.items():
         pset.add_argument(flag, dest=column, metavar="N|none", help=f"write limit {column}")

@@ -20,7 +20,13 @@ def topic_segment(text: str) -> str:
 
 
 def object_type_token(object_type: str) -> str:
-    """'analog-input' -> 'analogInput' (the BACnet identifier spelling used in topics)."""
+    """'analog-input' -> 'analogInput' (the BACnet identifier spelling used in topics).
+
+    A vendor's own type is known by its number: '513' -> 'proprietary513_', so instance 5 of it is
+    'proprietary513_5', never confused with instance 135 of type 5.
+    """
+    if object_type.isdigit():
+        return f"proprietary{object_type}_"
     head, *rest = object_type.split("-")
     return head + "".join(part.capitalize() for part in rest)
 

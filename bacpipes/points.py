@@ -25,6 +25,7 @@ _COLUMNS = (
     "publish",
     "interval_s",
     "qos",
+    "acquisition",
     "topic",
     "haystack_name",
     "missing_since",
@@ -92,11 +93,19 @@ def update_points(
     qos: int | None = None,
     tags: list[str] | None = None,
     limits: dict[str, str] | None = None,
+    acquisition: str | None = None,
+    cov_confirmed: str | None = None,
 ) -> int:
     """Apply operator settings to the selected points; these survive rediscovery.
 
-    `limits` maps WRITE_LIMITS columns to a number, or to "none" to remove that limit.
+    `limits` maps WRITE_LIMITS columns to a number, or to "none" to remove that limit. `acquisition` is
+    'poll' or 'cov' (change of value where the device accepts it, edge/cov.py); `cov_confirmed` 'on', 'off'
+    or 'default' (the site's [cov] confirmed).
     """
+    if acquisition not in (None, "poll", "cov"):
+        raise ValueError(f"acquisition must be 'poll' or 'cov', not {acquisition!r}")
+    if cov_confirmed not in (None, "on", "off", "default"):
+        raise ValueError(f"cov_confirmed must be 'on', 'off' or 'default', not {cov_confirmed!r}")
     if interval_s is not None and interval_s <= 0:
         raise ValueError("interval must be positive")
     tag_edits = parse_tags(tags or [])
@@ -115,6 +124,16 @@ def update_points(
             cur.execute(
                 "UPDATE point SET interval_s = %s WHERE site_id = %s AND point_id = ANY(%s)",
                 (interval_s, site, ids),
+            )
+        if acquisition is not None:
+            cur.execute(
+                "UPDATE point SET acquisition = %s WHERE site_id = %s AND point_id = ANY(%s)",
+                (acquisition, site, ids),
+            )
+        if cov_confirmed is not None:
+            cur.execute(
+                "UPDATE point SET cov_confirmed = %s WHERE site_id = %s AND point_id = ANY(%s)",
+                ({"on": True, "off": False}.get(cov_confirmed), site, ids),
             )
         if qos is not None:
             cur.execute(

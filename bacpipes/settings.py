@@ -61,6 +61,9 @@ class BacnetSettings(BaseModel):
     device_id: int = 3001234
     apdu_timeout_ms: int = 1500
     apdu_retries: int = 1
+    # an invoke id rests this long after its exchange with a device before that device sees it again, so a
+    # late or replayed answer cannot be taken for another request's (edge.bacnet.InvokeIds)
+    invoke_id_reuse_s: float = Field(5.0, ge=0)
 
 
 class DiscoverySettings(BaseModel):
@@ -69,11 +72,27 @@ class DiscoverySettings(BaseModel):
     timeout_s: float = 2.0
     low: int = 0
     high: int = 4194303
+    import_history: bool = True  # read the devices' trend logs into sensor_readings after each discovery
 
 
 class PollingSettings(BaseModel):
     default_interval_s: float = 30
     max_backoff_s: float = 300
+
+
+class CovSettings(BaseModel):
+    """Change-of-value acquisition, for points whose `acquisition` is 'cov' (edge/cov.py).
+
+    A subscription lives `lifetime_s` on the device and is renewed when `renew_fraction` of it has passed,
+    so a device that restarted (and forgot it) is subscribed again within that time at the latest. A COV
+    point is still polled every max(its interval, check_interval_s): a check, and how a restart is noticed.
+    """
+
+    lifetime_s: int = Field(300, ge=1)
+    renew_fraction: float = Field(0.8, gt=0, lt=1)
+    confirmed: bool = False  # site default; point.cov_confirmed overrides it per point
+    check_interval_s: float = Field(300.0, gt=0)
+    retry_refused_s: float = Field(3600.0, gt=0)  # a refused point is polled; asked again after this
 
 
 class IngestSettings(BaseModel):
@@ -179,6 +198,7 @@ class Settings(BaseSettings):
     bacnet: BacnetSettings = BacnetSettings()
     discovery: DiscoverySettings = DiscoverySettings()
     polling: PollingSettings = PollingSettings()
+    cov: CovSettings = CovSettings()
     spool: SpoolSettings = SpoolSettings()
     ingest: IngestSettings = IngestSettings()
     writes: WriteSettings = WriteSettings()

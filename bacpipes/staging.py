@@ -9,6 +9,7 @@ CONFLICT's speculative insertion; only a batch that collides takes the duplicate
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import psycopg
 
@@ -18,7 +19,7 @@ WITH ins AS (
     SELECT time, %(site)s, point_id, value, {quality} FROM {stage}
     {on_conflict}
     RETURNING time, point_id, value, quality
-), hourly AS (
+){also}, hourly AS (
     INSERT INTO readings_hourly AS h (site_id, point_id, hour, sum, count, min, max)
     SELECT %(site)s, point_id, date_trunc('hour', time, 'UTC'), sum(value), count(*), min(value), max(value)
     FROM ins GROUP BY point_id, date_trunc('hour', time, 'UTC')
@@ -40,23 +41,25 @@ SELECT count(*) FROM ins
 
 
 @functools.cache
-def _statement(stage: str, quality: str, last_poll: str, new_only: bool) -> str:
-    return _MOVE.format(stage=stage, quality=quality, last_poll=last_poll,
+def _statement(stage: str, quality: str, last_poll: str, new_only: bool, also: str) -> str:
+    return _MOVE.format(stage=stage, quality=quality, last_poll=last_poll, also=also,
                         on_conflict="" if new_only else "ON CONFLICT DO NOTHING")
 
 
 def move_staged(conn: psycopg.Connection, cur: psycopg.Cursor, stage: str, site_id: str, *,
-                quality: str = "quality", stamp_poll: bool = False) -> int:
+                quality: str = "quality", stamp_poll: bool = False, also: str = "",
+                params: dict[str, Any] | None = None) -> int:
     """Move `stage` (time, point_id, value[, quality]) in; returns the rows that were new.
 
     `quality` is the stage's column or an SQL literal; `stamp_poll` also sets point_state.last_poll to the
-    reading's time (for history that no poller wrote). Call inside the caller's transaction.
+    reading's time (for history that no poller wrote); `also` is one more CTE (", name AS (...)") that may
+    read `ins`, the rows the insert added, with its own `params`. Call inside the caller's transaction.
     """
-    params = {"site": site_id}
+    params = {**(params or {}), "site": site_id}
     last_poll = "time" if stamp_poll else "NULL::timestamptz"
     try:
         with conn.transaction():  # a savepoint: a collision undoes only the attempt
-            cur.execute(_statement(stage, quality, last_poll, True), params)
+            cur.execute(_statement(stage, quality, last_poll, True, also), params)
     except psycopg.errors.UniqueViolation:
-        cur.execute(_statement(stage, quality, last_poll, False), params)
+        cur.execute(_statement(stage, quality, last_poll, False, also), params)
     return cur.fetchone()[0]  # type: ignore[index]

@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 
 from bacpipes.settings import BacnetSettings
 from benchmarks.common import cpu_seconds, sim_process
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 from edge.catalog import PollDevice, PollPoint
-from edge.discovery import find_peers, read_object_list
+from edge.discovery import find_peers
 from edge.polling import DevicePoller
 
 BASE = "127.0.0.50"
@@ -31,12 +31,12 @@ async def measure(devices: int, points: int, rounds: int, sim_pid: int) -> None:
         discovery={"targets": [f"{BASE}-127.0.0.{49 + devices}"], "timeout_s": 1.0},
         bacnet=BacnetSettings(apdu_timeout_ms=3000, apdu_retries=1).model_dump(),
     )
-    client = BacnetClient(make_application(settings.bacnet))
+    client = BacnetClient.open(settings.bacnet)
     try:
         peers = await find_peers(client, settings)
         pollers = []
         for peer in peers:
-            listed = await read_object_list(client, peer)
+            listed = await client.object_list(peer.address, peer.device_id)
             objects = [o for o in listed if str(o[0]) not in ("device", "network-port")]
             plan = [
                 PollPoint(i, peer.device_id, str(o[0]), int(o[1]), None, None, None, "t", 30.0, 1)

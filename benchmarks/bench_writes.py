@@ -28,7 +28,7 @@ from bacpipes.commands import Command, insert_command
 from bacpipes.mqtt import no_delay
 from bacpipes.settings import Settings, load_settings
 from benchmarks.common import sim_process
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 from tests.brokers import MosquittoBroker
 from tests.conftest import fresh_database
 from tests.edge_harness import discover_site, ready_agent
@@ -46,7 +46,7 @@ def stats(label: str, seconds: list[float], floor: float | None = None) -> float
 
 
 async def device_round_trips(settings: Settings, count: int) -> list[float]:
-    client = BacnetClient(make_application(settings.bacnet))
+    client = BacnetClient.open(settings.bacnet)
     try:
         times = []
         for i in range(count):

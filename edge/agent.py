@@ -19,9 +19,10 @@ from bacpipes.contracts import Reading, batch_payload, batch_topic
 from bacpipes.db import connect
 from bacpipes.replication import heartbeat
 from bacpipes.settings import Settings
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 from edge.catalog import PollPoint, load_poll_plan
 from edge.command_mqtt import CommandSubscriber
+from edge.cov import CovSubscriber, cov_subscribers, polled_as
 from edge.discovery import discover
 from edge.executor import Executor, Result
 from edge.inference import EdgeInference
@@ -39,7 +40,7 @@ _STATE_FLUSH_S = 5.0
 _UPSERT_STATE = """
 INSERT INTO point_state AS s (site_id, point_id, quality, last_poll, error_count, last_error, last_error_at)
 VALUES (%(site)s, %(pid)s, %(bad)s, %(polled)s, %(errors)s, %(error)s,
-        CASE WHEN %(error)s::text IS NULL THEN NULL ELSE %(polled)s END)
+        %(error_at)s)
 ON CONFLICT (site_id, point_id) DO UPDATE SET
     quality = coalesce(EXCLUDED.quality, s.quality), last_poll = EXCLUDED.last_poll,
     error_count = s.error_count + EXCLUDED.error_count,
@@ -63,13 +64,17 @@ class PointStateWriter:
             for o in outcomes:
                 row = self._pending.get(o.point_id)
                 errors = (row["errors"] if row else 0) + (1 if o.error else 0)
+                # an error followed by a good read in the same flush is still recorded (e.g. a COV refusal)
+                earlier = (row["error"], row["error_at"]) if row else (None, None)
+                error, error_at = (o.error, o.polled_at) if o.error else earlier
                 self._pending[o.point_id] = {
                     "site": self.site_id,
                     "pid": o.point_id,
                     "bad": "bad" if o.error else None,
                     "polled": o.polled_at,
                     "errors": errors,
-                    "error": o.error,
+                    "error": error,
+                    "error_at": error_at,
                 }
 
     def flush(self) -> int:
@@ -88,6 +93,8 @@ class PointStateWriter:
                     newer = self._pending.get(row["pid"])
                     if newer:
                         newer["errors"] += row["errors"]
+                        if newer["error"] is None:
+                            newer["error"], newer["error_at"] = row["error"], row["error_at"]
                     else:
                         self._pending[row["pid"]] = row
             return 0
@@ -98,7 +105,9 @@ class EdgeAgent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop_event = asyncio.Event()
+        self.client: BacnetClient | None = None
         self.pollers: list[DevicePoller] = []
+        self.covs: dict[int, CovSubscriber] = {}  # device id -> its COV points' subscriber
         self.points: dict[int, PollPoint] = {}
         self.publisher: Publisher | None = None
         self.ingester: Ingester | None = None
@@ -114,7 +123,7 @@ class EdgeAgent:
 
     async def run(self, *, discover_first: bool = False) -> None:
         s = self.settings
-        client = BacnetClient(make_application(s.bacnet, s.discovery.bbmd))
+        client = self.client = BacnetClient.open(s.bacnet, s.discovery.bbmd)
         try:
             if discover_first or not _has_devices(s):
                 report = await discover(client, s)
@@ -135,7 +144,7 @@ class EdgeAgent:
                 ).start()
             by_device: dict[int, list] = {}
             for p in points:
-                by_device.setdefault(p.device_id, []).append(p)
+                by_device.setdefault(p.device_id, []).append(polled_as(p, s.cov))  # COV: polled as a check
             self.pollers = [
                 DevicePoller(
                     client, d, by_device[d.device_id], self._on_outcomes, s.site.tz, s.polling.max_backoff_s
@@ -144,7 +153,9 @@ class EdgeAgent:
                 if d.device_id in by_device
             ]
             log.info("polling %d points on %d devices", len(points), len(self.pollers))
+            self.covs = cov_subscribers(client, self.pollers, self.points, self._on_outcomes, s)
             tasks = [asyncio.create_task(p.run(self.stop_event)) for p in self.pollers]
+            tasks += [asyncio.create_task(c.run(self.stop_event)) for c in self.covs.values()]
             tasks.append(asyncio.create_task(self._housekeeping()))
             if self.executor:
                 tasks.append(asyncio.create_task(self.executor.run(self.stop_event)))
@@ -226,13 +237,39 @@ class EdgeAgent:
             "points": sum(len(p.points) for p in self.pollers),
             "readings": self.readings_published,
             "reads_failed": sum(s.reads_failed for s in stats),
+            "device_errors": self.device_errors(),
             "requests": sum(s.requests for s in stats),
             "lateness_p99_s": _p99([x for s in stats for x in s.lateness_s]),
             "state_write_failures": self.state.failures,
             "publisher": self.publisher.stats() if self.publisher else {},
             "ingest": self.ingester.stats() if self.ingester else {},
             "writes": self.executor.stats() if self.executor else {},
+            "cov": _sum_counters([c.health() for c in self.covs.values()]),
         }
+
+    def device_errors(self) -> dict[str, dict[str, int]]:
+        """Per device with any: answers discarded (mismatched, undecodable), failures contained, backoffs."""
+        counters = self.client.counters if self.client else {}
+        out: dict[str, dict[str, int]] = {}
+        for poller in self.pollers:
+            c = counters.get(poller.device.address)
+            row = {
+                "mismatched": c.mismatched if c else 0,
+                "undecodable": c.undecodable if c else 0,
+                "contained": poller.stats.failures_contained,
+                "backoffs": poller.stats.backoffs,
+            }
+            if any(row.values()):
+                out[str(poller.device.device_id)] = row
+        return out
+
+
+def _sum_counters(reports: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for report in reports:
+        for key, value in report.items():
+            out[key] += value
+    return dict(out)
 
 
 def _p99(values: list[float]) -> float | None:

@@ -24,6 +24,10 @@ class DiscoveredPoint:
     units: str | None
     commandable: bool
     writable: bool
+    device_min_value: float | None = None  # minPresValue, maxPresValue, resolution, covIncrement
+    device_max_value: float | None = None
+    resolution: float | None = None
+    cov_increment: float | None = None
 
 
 @dataclass
@@ -34,6 +38,7 @@ class DiscoveredDevice:
     model_name: str | None
     location: str | None = None
     points: list[DiscoveredPoint] = field(default_factory=list)
+    trend_logs: list[int] = field(default_factory=list)  # instances: history to import, not points
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,8 @@ class PollPoint:
     topic: str
     interval_s: float
     qos: int
+    acquisition: str = "poll"  # 'cov': subscribed (edge/cov.py), polled only as a check
+    cov_confirmed: bool | None = None  # None: the site default ([cov] confirmed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +77,18 @@ ON CONFLICT (site_id, device_id) DO UPDATE SET
     segmentation = EXCLUDED.segmentation, last_seen = now(), missing_since = NULL
 """
 
-# operator columns (publish, interval_s, qos, user_tags) are deliberately absent from the UPDATE
+# operator columns (publish, interval_s, qos, user_tags, acquisition, cov_confirmed) are deliberately absent
+# from the UPDATE
 _UPSERT_POINT = """
 INSERT INTO point AS p (site_id, device_id, object_type, object_instance, object_name, description,
-                        units, writable, commandable, auto_tags, last_seen, missing_since)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL)
+                        units, writable, commandable, device_min_value, device_max_value, resolution,
+                        cov_increment, auto_tags, last_seen, missing_since)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL)
 ON CONFLICT (site_id, device_id, object_type, object_instance) DO UPDATE SET
     object_name = EXCLUDED.object_name, description = EXCLUDED.description, units = EXCLUDED.units,
     writable = EXCLUDED.writable, commandable = EXCLUDED.commandable,
+    device_min_value = EXCLUDED.device_min_value, device_max_value = EXCLUDED.device_max_value,
+    resolution = EXCLUDED.resolution, cov_increment = EXCLUDED.cov_increment,
     auto_tags = EXCLUDED.auto_tags, last_seen = now(), missing_since = NULL
 RETURNING (xmax = 0) AS inserted
 """
@@ -120,6 +131,10 @@ def record_discovery(
                     p.units,
                     p.writable,
                     p.commandable,
+                    p.device_min_value,
+                    p.device_max_value,
+                    p.resolution,
+                    p.cov_increment,
                     Jsonb(
                         auto_tags(
                             site_id,
@@ -170,7 +185,7 @@ def load_poll_plan(
         cur.execute(
             "SELECT p.point_id, p.device_id, p.object_type, p.object_instance, p.units, p.dis,"
             " p.haystack_name, p.topic, coalesce(p.interval_s, %s) AS interval_s,"
-            " coalesce(p.qos, 1) AS qos"
+            " coalesce(p.qos, 1) AS qos, p.acquisition, p.cov_confirmed"
             " FROM point p JOIN device d USING (site_id, device_id)"
             " WHERE p.site_id = %s AND p.publish AND p.missing_since IS NULL"
             " AND d.missing_since IS NULL ORDER BY p.device_id, p.point_id",

@@ -7,6 +7,7 @@ operator set (publish flag, interval, QoS, user tags).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,20 +17,27 @@ from bacpipes.settings import Settings
 from edge.bacnet import (
     BacnetClient,
     BacnetError,
+    NoResponse,
     PeerInfo,
+    describe_error,
     expand_targets,
     gather_limited,
     rpm_batch_size,
 )
 from edge.catalog import DiscoveredDevice, DiscoveredPoint, record_discovery
+from edge.trendlog import HistoryReport, import_history
 
 log = logging.getLogger(__name__)
 
-_SKIP_TYPES = {"device", "network-port"}
+# trend logs are history to import (edge.trendlog), not points to poll
+_SKIP_TYPES = {"device", "network-port", "trend-log", "trend-log-multiple"}
 _VALUE_TYPES = {"analog-value", "binary-value", "multi-state-value"}
+_ANALOG_TYPES = {"analog-input", "analog-output", "analog-value"}
 _OBJECT_PROPS = ("object-name", "description", "units", "priority-array")
-# encoded size of one object's answer to _OBJECT_PROPS (names and a 16-slot priority array)
-_OBJECT_ANSWER_BYTES = 160
+# what a controller says about an analog point's range and precision: default write limits, COV tuning
+_ANALOG_PROPS = ("min-pres-value", "max-pres-value", "resolution", "cov-increment")
+# encoded size of one object's answer to _OBJECT_PROPS + _ANALOG_PROPS (names, a 16-slot priority array)
+_OBJECT_ANSWER_BYTES = 190
 
 
 @dataclass
@@ -38,6 +46,7 @@ class DiscoveryReport:
     errors: dict[int, str] = field(default_factory=dict)
     new_points: int = 0
     missing_points: int = 0
+    history: HistoryReport | None = None
 
     @property
     def point_count(self) -> int:
@@ -60,17 +69,6 @@ async def find_peers(client: BacnetClient, settings: Settings) -> list[PeerInfo]
     return sorted(peers.values(), key=lambda p: p.device_id)
 
 
-async def read_object_list(client: BacnetClient, peer: PeerInfo) -> list[ObjectIdentifier]:
-    """The whole list in one read, or index by index when it is too large for one APDU."""
-    device = ObjectIdentifier(("device", peer.device_id))
-    try:
-        return list(await client.read(peer.address, device, "object-list"))
-    except BacnetError as exc:
-        log.info("device %s: object-list in one read failed (%s); reading by index", peer.device_id, exc)
-    count = int(await client.read(peer.address, device, "object-list", 0))
-    return [await client.read(peer.address, device, "object-list", i) for i in range(1, count + 1)]
-
-
 async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
     device_oid = ObjectIdentifier(("device", peer.device_id))
     props = await _read_props(
@@ -84,12 +82,17 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
         model_name=_text(info.get("model-name")),
         location=_text(info.get("location")),
     )
-    objects = [o for o in await read_object_list(client, peer) if _type_name(o) not in _SKIP_TYPES]
+    listed = await client.object_list(peer.address, peer.device_id)
+    device.trend_logs = sorted(int(o[1]) for o in listed if _type_name(o) == "trend-log")
+    objects = [o for o in listed if _type_name(o) not in _SKIP_TYPES]
     details = await _read_props(client, peer, objects, _OBJECT_PROPS)
+    analog = [o for o in objects if _type_name(o) in _ANALOG_TYPES]
+    for oid, limits in (await _read_props(client, peer, analog, _ANALOG_PROPS)).items():
+        details.setdefault(oid, {}).update(limits)
     for oid in objects:
         attrs = details.get(oid, {})
         object_type = _type_name(oid)
-        commandable = not isinstance(attrs.get("priority-array"), (BacnetError, type(None)))
+        commandable = _is_priority_array(attrs.get("priority-array"))
         device.points.append(
             DiscoveredPoint(
                 object_type=object_type,
@@ -99,6 +102,10 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
                 units=_text(attrs.get("units")),
                 commandable=commandable,
                 writable=commandable or object_type in _VALUE_TYPES,
+                device_min_value=_number(attrs.get("min-pres-value")),
+                device_max_value=_number(attrs.get("max-pres-value")),
+                resolution=_number(attrs.get("resolution")),
+                cov_increment=_number(attrs.get("cov-increment")),
             )
         )
     return device
@@ -117,15 +124,22 @@ async def discover(client: BacnetClient, settings: Settings) -> DiscoveryReport:
     answered = [p.device_id for p in peers]
     counts = record_discovery(settings.database.dsn, settings.site.id, report.devices, answered)
     report.new_points, report.missing_points = counts
+    logs = {d.peer.device_id: d.trend_logs for d in report.devices if d.trend_logs}
+    if logs and settings.discovery.import_history:  # what the controllers kept; later runs resume
+        report.history = await import_history(client, settings, known_logs=logs)
     return report
 
 
 async def _read_device_safely(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice | str:
+    """Whatever one device sends, the others are still read and recorded."""
     try:
         return await read_device(client, peer)
-    except (BacnetError, TimeoutError) as exc:
+    except BacnetError as exc:
         log.warning("device %s at %s: discovery failed: %s", peer.device_id, peer.address, exc)
-        return str(exc) or type(exc).__name__
+        return str(exc)
+    except Exception as exc:
+        log.exception("device %s at %s: discovery failed on what it sent", peer.device_id, peer.address)
+        return describe_error(exc)
 
 
 async def _read_props(
@@ -138,6 +152,8 @@ async def _read_props(
         chunk = objects[start : start + batch]
         try:
             values = await client.read_multiple(peer.address, [(o, props) for o in chunk])
+        except NoResponse:
+            raise
         except BacnetError:
             values = await _read_one_by_one(client, peer, chunk, props)
         for (oid, prop), value in values.items():
@@ -153,16 +169,37 @@ async def _read_one_by_one(
         for prop in props:
             try:
                 values[(oid, prop)] = await client.read(peer.address, oid, prop)
+            except NoResponse:
+                raise
             except BacnetError as exc:
                 values[(oid, prop)] = exc
     return values
 
 
 def _type_name(oid: ObjectIdentifier) -> str:
+    """The standard's name, or the number of a vendor's own type ('513')."""
     return str(oid[0])
+
+
+def _is_priority_array(value: Any) -> bool:
+    """Commandable means a real 16-slot array: a bare Null or an error is no priority array."""
+    try:
+        return len(value) == 16
+    except TypeError:
+        return False
 
 
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, BacnetError):
         return None
     return str(value)
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, (BacnetError, str)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -39,7 +39,9 @@ Result = dict[str, Any]
 _TARGET = """
 SELECT p.point_id, coalesce(p.object_name, p.object_type || ',' || p.object_instance) AS name,
        p.device_id, d.address, p.object_type, p.object_instance, p.writable, p.commandable,
-       p.min_value, p.max_value, p.ml_min_value, p.ml_max_value, p.ml_max_step, s.value AS present_value
+       coalesce(p.min_value, p.device_min_value) AS min_value,
+       coalesce(p.max_value, p.device_max_value) AS max_value,
+       p.ml_min_value, p.ml_max_value, p.ml_max_step, s.value AS present_value
 FROM point p JOIN device d USING (site_id, device_id) LEFT JOIN point_state s USING (site_id, point_id)
 WHERE p.site_id = %s AND p.point_id = %s
 """
@@ -176,9 +178,9 @@ class Executor:
         if not await self._claim(command):
             return  # another agent has it
         try:
-            await self.client.write(
+            await self.client.write(  # a priority means nothing to a point without a priority array
                 target.address, target.objid, "presentValue", wire_value(target, command.value),
-                command.priority,
+                command.priority if target.commandable else None,
             )
         except (BacnetError, TimeoutError) as exc:
             await self._finish(command, "failed", f"write to device {target.device_id} failed: {_plain(exc)}")
@@ -196,12 +198,12 @@ class Executor:
                 await self._finish(command, "failed", "interrupted by an agent restart; the point is gone")
                 continue
             value_read, slots = await self._read_back(target)
-            if slots is None:
+            if value_read is None:
                 await self._finish(
                     command, "failed", "interrupted by an agent restart; no answer to the read-back"
                 )
                 continue
-            held = slots[command.priority - 1] if command.priority else None
+            held = value_read if slots is None else slots[command.priority - 1] if command.priority else None
             wanted = None if command.release else command.value
             if same_value(held, wanted):
                 await self._finish(
@@ -245,13 +247,16 @@ class Executor:
         return None
 
     async def _read_back(self, target: Target) -> tuple[float | None, list[float | None] | None]:
+        """The device's present value, and its priority array where the point has one."""
         try:
-            value = await self.client.read(target.address, target.objid, "presentValue")
+            value = float(await self.client.read(target.address, target.objid, "presentValue"))
+            if not target.commandable:
+                return value, None
             array = await self.client.read(target.address, target.objid, "priorityArray")
-        except (BacnetError, TimeoutError) as exc:
+            return value, [slot_value(s) for s in array]
+        except (BacnetError, TypeError, ValueError) as exc:
             log.warning("read-back of point %s failed: %s", target.point_id, exc)
             return None, None
-        return float(value), [slot_value(s) for s in array]
 
     async def _claim(self, command: Pending) -> bool:
         assert self._conn is not None

@@ -7,13 +7,12 @@ A 30 s point is read at :00 and :30; a missed slot is skipped, not caught up in 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +21,15 @@ import numpy as np
 from bacpypes3.primitivedata import Double, ObjectIdentifier, Real
 
 from bacpipes.contracts import Quality, Reading
-from edge.bacnet import BacnetClient, BacnetError, rpm_batch_size
+from edge.bacnet import (
+    BacnetClient,
+    BacnetError,
+    BadAnswer,
+    NoResponse,
+    describe_error,
+    object_id,
+    rpm_batch_size,
+)
 from edge.catalog import PollDevice, PollPoint
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ class PointOutcome:
     polled_at: datetime
     reading: Reading | None = None
     error: str | None = None
+    no_response: bool = False  # the device was silent (not a refusal or a bad value): it may have restarted
 
 
 @dataclass
@@ -48,6 +56,7 @@ class DeviceStats:
     reads_failed: int = 0
     backoffs: int = 0
     rpm_fallbacks: int = 0
+    failures_contained: int = 0  # anything unexpected from this device: recorded, backed off, survived
     lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
@@ -58,9 +67,10 @@ def next_slot(interval_s: float, after: float) -> float:
 
 def quality_from_flags(flags: Any) -> Quality:
     """BACnet status flags: [in-alarm, fault, overridden, out-of-service]."""
-    if flags is None or isinstance(flags, BacnetError):
+    try:
+        bits = [*flags, 0, 0, 0, 0]
+    except TypeError:  # absent, an error, or not a bit string
         return "uncertain"
-    bits = [*flags, 0, 0, 0, 0]
     if bits[1]:
         return "bad"
     if bits[2] or bits[3]:
@@ -83,6 +93,8 @@ def plain_value(value: Any) -> float | int | str | None:
         return int(value)
     if isinstance(value, float):
         return float(value)
+    if isinstance(value, str):  # a CharacterString is text, even when it looks like a number
+        return str(value)
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -113,18 +125,47 @@ class DevicePoller:
         self.batch_size = rpm_batch_size(device.max_apdu)
         now = time.time()
         self.due = {p.point_id: next_slot(p.interval_s, now) for p in points}
+        self._rescheduled = asyncio.Event()
+
+    def set_interval(self, point_id: int, interval_s: float) -> None:
+        """Poll a point at another interval from now on (COV falls back to polling, or back again)."""
+        point = self.points.get(point_id)
+        if point is None:
+            return
+        self.points[point_id] = replace(point, interval_s=interval_s)
+        self.due[point_id] = next_slot(interval_s, time.time())
+        self._rescheduled.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and self.due:
-            wake = min(self.due.values())
-            delay = wake - time.time()
+            delay = min(self.due.values()) - time.time()
             if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                    break
-                except TimeoutError:
-                    pass
-            await self.poll_due()
+                self._rescheduled.clear()
+                await _first_set((stop, self._rescheduled), delay)
+                continue  # stopped, rescheduled, or due now: look again
+            try:
+                await self.poll_due()
+            except Exception as exc:  # whatever the device sent: its points' error, never the agent's
+                self._contain(exc)
+
+    def _contain(self, exc: Exception) -> None:
+        """An unexpected failure is this device's problem: its due points get the error, it backs off."""
+        log.exception("device %s: unexpected failure while polling; backing off", self.device.device_id)
+        self.stats.failures_contained += 1
+        now = time.time()
+        due = [pid for pid, t in self.due.items() if t <= now + _DUE_WINDOW_S]
+        polled_at = datetime.now(self.tz)
+        self.sink([PointOutcome(pid, polled_at, error=describe_error(exc)) for pid in due])
+        self._back_off(due)
+
+    def _back_off(self, due: list[int]) -> None:
+        self.failures += 1
+        self.stats.backoffs += 1
+        backoff = min(self.max_backoff_s, 2.0 ** min(self.failures, 16))
+        retry = time.time() + backoff
+        log.warning("device %s not answering; retry in %.0f s", self.device.device_id, backoff)
+        for pid in due:
+            self.due[pid] = max(retry, next_slot(self.points[pid].interval_s, time.time()))
 
     async def poll_due(self) -> None:
         started = time.time()
@@ -134,13 +175,7 @@ class DevicePoller:
         outcomes, device_dead = await self._read_points([self.points[pid] for pid in due])
         self.sink(outcomes)
         if device_dead:
-            self.failures += 1
-            self.stats.backoffs += 1
-            backoff = min(self.max_backoff_s, 2.0 ** min(self.failures, 16))
-            retry = time.time() + backoff
-            log.warning("device %s not answering; retry in %.0f s", self.device.device_id, backoff)
-            for pid in due:
-                self.due[pid] = max(retry, next_slot(self.points[pid].interval_s, time.time()))
+            self._back_off(due)
             return
         self.failures = 0
         now = time.time()
@@ -154,10 +189,13 @@ class DevicePoller:
             batch = points[start : start + self.batch_size]  # the size may shrink during the loop
             try:
                 values = await self._read_batch(batch)
-            except (BacnetError, TimeoutError) as exc:
+            except NoResponse as exc:
                 message = str(exc) or type(exc).__name__
                 polled_at = datetime.now(self.tz)
-                outcomes.extend(PointOutcome(p.point_id, polled_at, error=message) for p in points[start:])
+                outcomes.extend(
+                    PointOutcome(p.point_id, polled_at, error=message, no_response=True)
+                    for p in points[start:]
+                )
                 self.stats.reads_failed += len(points) - start
                 return outcomes, True
             polled_at = datetime.now(self.tz)
@@ -171,9 +209,12 @@ class DevicePoller:
         if self.use_rpm:
             try:
                 return await self.client.read_multiple(self.device.address, specs)
+            except NoResponse:
+                raise
+            except BadAnswer as exc:  # discarded and counted by the client; ask again, one value at a time
+                log.info("device %s: %s; this batch one by one", self.device.device_id, exc)
+                return await self._read_singly(specs)
             except BacnetError as exc:
-                if _is_no_response(exc):
-                    raise
                 self.stats.rpm_fallbacks += 1
                 if "unrecognized-service" in str(exc):
                     self.use_rpm = False  # the device has no RPM at all
@@ -194,40 +235,57 @@ class DevicePoller:
             for prop in props:
                 try:
                     values[(oid, prop)] = await self.client.read(self.device.address, oid, prop)
+                except NoResponse:
+                    raise
                 except BacnetError as exc:
-                    if _is_no_response(exc):
-                        raise
                     values[(oid, prop)] = exc
         return values
 
     def _outcome(self, point: PollPoint, values: dict, polled_at: datetime) -> PointOutcome:
         oid = _oid(point)
-        value = values.get((oid, "present-value"))
-        if isinstance(value, BacnetError) or value is None:
+        value, flags = values.get((oid, "present-value")), values.get((oid, "status-flags"))
+        outcome = point_outcome(point, value, flags, polled_at)
+        if outcome.reading is None:
             self.stats.reads_failed += 1
-            return PointOutcome(point.point_id, polled_at, error=str(value or "no value returned"))
-        self.stats.reads_ok += 1
-        reading = Reading(
-            point_id=point.point_id,
-            value=plain_value(value),
-            timestamp=polled_at,
-            units=point.units,
-            quality=quality_from_flags(values.get((oid, "status-flags"))),
-            dis=point.dis,
-            haystack_name=point.haystack_name,
-        )
-        return PointOutcome(point.point_id, polled_at, reading=reading)
+        else:
+            self.stats.reads_ok += 1
+        return outcome
+
+
+def point_outcome(point: PollPoint, value: Any, flags: Any, at: datetime) -> PointOutcome:
+    """A present value as read (by a poll or a COV notification): a reading, or why it is none."""
+    number = None if isinstance(value, BacnetError) else plain_value(value)
+    if not isinstance(number, (int, float)) or not math.isfinite(number):
+        return PointOutcome(point.point_id, at, error=_value_error(value))
+    reading = Reading(
+        point_id=point.point_id,
+        value=number,
+        timestamp=at,
+        units=point.units,
+        quality=quality_from_flags(flags),
+        dis=point.dis,
+        haystack_name=point.haystack_name,
+    )
+    return PointOutcome(point.point_id, at, reading=reading)
+
+
+async def _first_set(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Wait until one of the events is set, or the timeout passes."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _value_error(value: Any) -> str:
+    if value is None:
+        return "no value returned"
+    if isinstance(value, BacnetError):
+        return str(value)
+    return f"present value is not a finite number: {value!r:.60}"
 
 
 def _oid(point: PollPoint) -> ObjectIdentifier:
-    return _object_identifier(point.object_type, point.object_instance)
-
-
-@functools.cache
-def _object_identifier(object_type: str, instance: int) -> ObjectIdentifier:
-    """Built once per object, not twice per poll: bacpypes3 parses the type name every time."""
-    return ObjectIdentifier((object_type, instance))
-
-
-def _is_no_response(exc: BaseException) -> bool:
-    return "no-response" in str(exc) or "timeout" in str(exc).lower()
+    return object_id(f"{point.object_type},{point.object_instance}")

@@ -150,6 +150,8 @@ def _readers(dev: SimDevice) -> list[tuple[tuple[int, str, int], Reader, bool]]:
     out: list[tuple[tuple[int, str, int], Reader, bool]] = []
     for obj in dev.objects[2:]:
         otype, inst = str(obj.objectIdentifier[0]), int(obj.objectIdentifier[1])
+        if otype in _SKIP_TYPES:  # trend logs: no present value to backfill
+            continue
         reader: Reader
         if obj is dev.fan_status:
             reader = _fan_status

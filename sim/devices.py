@@ -35,6 +35,7 @@ from sim.objects import (
     publish,
 )
 from sim.physics import AhuMode, Building, Zone
+from sim.trendlog import SimTrendLog, log_specs, make_trend_log
 
 FIRST_INSTANCE = 1001
 VENDOR_NAME = "BacPipes Virtual Building"
@@ -171,6 +172,7 @@ class SimDevice:
         self._pad: list[SimAnalogInput] = []
         self._pad_last: np.ndarray | None = None
         self._vav: VavBoxes | None = None
+        self.trend_logs: list[SimTrendLog] = []
 
     # -- construction -------------------------------------------------------------------------
 
@@ -199,6 +201,7 @@ class SimDevice:
         for spec in zone_points() + (plant_points() if self.index == 0 else []):
             self._add_measured(spec)
         self._add_commandables()
+        self._add_trend_logs()
         self._pad_to(self._target_points)
         for obj in self.objects[2:]:
             obj._counter = self.counter
@@ -303,6 +306,16 @@ class SimDevice:
             self.mode,
         ]
 
+    def _add_trend_logs(self) -> None:
+        """The history this controller kept before the agent arrived (see sim/trendlog.py)."""
+        sources = {tuple(map(str, o.objectIdentifier)): o for o in self.objects[2:]}
+        specs = log_specs(self.building.seed, self.index, float(self.cooling_sp.relinquishDefault),
+                          float(self.heating_sp.relinquishDefault))
+        for spec in specs:
+            source = sources[(spec.logged[0], str(spec.logged[1]))]
+            self.trend_logs.append(make_trend_log(self.instance, spec, source, self.building.time))
+        self.objects += self.trend_logs
+
     def _pad_to(self, total: int) -> None:
         count = total - len(self.objects)
         if count <= 0:
@@ -362,6 +375,8 @@ class SimDevice:
             self.valve.relinquishDefault = auto
             self.valve.recalculating()
         self._refresh_pad()
+        for log in self.trend_logs:
+            log.log_until(self.building.time)
 
     def _refresh_pad(self) -> None:
         if not self._pad or self._vav is None:
@@ -378,6 +393,8 @@ class SimDevice:
         """Present values keyed by (device instance, object type, object instance)."""
         out: dict[tuple[int, str, int], object] = {}
         for obj in self.objects[2:]:
+            if isinstance(obj, SimTrendLog):
+                continue  # no present value: its history is read with ReadRange
             obj_type, obj_inst = obj.objectIdentifier
             value = obj.presentValue
             out[(self.instance, str(obj_type), int(obj_inst))] = (

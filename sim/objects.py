@@ -14,13 +14,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from bacpypes3.apdu import WritePropertyRequest
+from bacpypes3.apdu import ReadRangeRequest, WritePropertyRequest, decode_max_apdu_length_accepted
 from bacpypes3.app import Application
 from bacpypes3.basetypes import PropertyIdentifier
-from bacpypes3.errors import InvalidTag, PropertyError
+from bacpypes3.errors import ExecutionError, InvalidTag, PropertyError
 from bacpypes3.local.analog import AnalogInputObject, AnalogOutputObject, AnalogValueObjectCmd
 from bacpypes3.local.binary import BinaryInputObject, BinaryValueObject
 from bacpypes3.local.cmd import Commandable
+from bacpypes3.local.cov import GenericCriteria
 from bacpypes3.local.multistate import MultiStateValueObject
 from bacpypes3.primitivedata import Null
 
@@ -120,9 +121,15 @@ class SimBinaryValue(SimObject, Commandable, BinaryValueObject):
 
 
 class SimMultiStateValue(SimObject, Commandable, MultiStateValueObject):
-    """Commandable multi-state value (bacpypes3 ships no commandable variant)."""
+    """Commandable multi-state value (bacpypes3 ships no commandable variant).
+
+    COV: bacpypes3 0.0.110 gives multi-state objects the COV-increment criteria, but they have no
+    covIncrement, so a SubscribeCOV failed half-bound and every later write to the object failed
+    with operational-problem. BACnet (13.1.3) reports any change of a multi-state value.
+    """
 
     _writable = frozenset({"presentValue", "relinquishDefault"})
+    _cov_criteria = GenericCriteria
 
     def _check_range(self, value: Any) -> None:
         if not 1 <= int(value) <= int(self.numberOfStates):
@@ -142,6 +149,24 @@ class SimApplication(Application):
             await super().do_WritePropertyRequest(apdu)
         except InvalidTag as err:
             raise PropertyError("invalidDataType") from err
+
+    async def do_ReadRangeRequest(self, apdu: ReadRangeRequest) -> None:
+        """Serve a trend log's buffer (bacpypes3 has no ReadRange server): see sim/trendlog.py."""
+        from sim.trendlog import SimTrendLog, garbage_ack, read_range_ack
+
+        log = self.get_object_id(apdu.objectIdentifier)
+        if log is None:
+            raise ExecutionError(errorClass="object", errorCode="unknownObject")
+        if not isinstance(log, SimTrendLog):
+            raise ExecutionError(errorClass="services", errorCode="propertyIsNotAList")
+        if log.fault == "error":
+            raise ExecutionError(errorClass="device", errorCode="operationalProblem")
+        if log.fault == "garbage":
+            await self.response(garbage_ack(apdu))
+            return
+        own = int(self.device_object.maxApduLengthAccepted) if self.device_object else 480
+        theirs = decode_max_apdu_length_accepted(apdu.apduMaxResp)
+        await self.response(read_range_ack(log, apdu, min(own, theirs)))
 
 
 def clone(prototype: SimObject, **values: Any) -> Any:

@@ -65,7 +65,8 @@ def make_settings(db_dsn: str, mqtt_url: str, tmp_path: Path, **sections: dict) 
         "mqtt": {"url": mqtt_url, "client_id": f"edge-{uuid.uuid4().hex[:8]}", "health_interval_s": 2},
         "spool": {"path": str(tmp_path / "spool.sqlite")},
         "bacnet": {"apdu_timeout_ms": 500, "apdu_retries": 0},
-        "discovery": {"timeout_s": 1.0},
+        # the virtual building's trend logs hold made-up history: tests that want it say so (test_trendlog)
+        "discovery": {"timeout_s": 1.0, "import_history": False},
     }
     for key, value in sections.items():
         overrides[key] = {**overrides.get(key, {}), **value}

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from bacpipes.settings import Settings
 from edge.agent import EdgeAgent
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 from edge.discovery import discover
 
 
@@ -73,7 +73,7 @@ def ready_agent(settings: Settings) -> Iterator[EdgeAgent]:
 
 def discover_site(settings: Settings) -> None:
     async def main() -> None:
-        client = BacnetClient(make_application(settings.bacnet))
+        client = BacnetClient.open(settings.bacnet)
         try:
             await discover(client, settings)
         finally:

@@ -278,6 +278,7 @@ def test_sampled_values_equal_what_the_devices_serve() -> None:
             (dev.instance, str(obj.objectIdentifier[0]), int(obj.objectIdentifier[1])):
                 plain_value(obj.presentValue)
             for dev in site.devices for obj in dev.objects[2:]
+            if str(obj.objectIdentifier[0]) != "trend-log"  # history, no present value
         }  # fmt: skip
         sampled = site.as_published(np.array([site.sample()]))[0]
         assert list(served) == site.keys

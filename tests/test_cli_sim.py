@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from bacpipes.settings import BacnetSettings
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 
 
 def test_sim_command_serves_devices_until_sigterm():
@@ -44,7 +44,7 @@ def test_sim_command_serves_devices_until_sigterm():
 
 
 async def _who_is(addresses: list[str]):
-    client = BacnetClient(make_application(BacnetSettings(apdu_timeout_ms=1000, apdu_retries=0)))
+    client = BacnetClient.open(BacnetSettings(apdu_timeout_ms=1000, apdu_retries=0))
     try:
         return [p for a in addresses for p in await client.who_is(a, 1001, 1002, 1.0)]
     finally:

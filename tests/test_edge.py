@@ -24,7 +24,7 @@ import pytest
 from bacpipes.contracts import health_topic, reading_filter
 from bacpipes.points import update_points
 from bacpipes.settings import BacnetSettings
-from edge.bacnet import BacnetClient, BacnetError, make_application
+from edge.bacnet import BacnetClient, BacnetError
 from edge.discovery import discover
 from edge.polling import plain_value
 from sim.server import ThreadedBuilding
@@ -54,7 +54,7 @@ def settings_for(db_dsn: str, url: str, tmp_path: Path, interval: float = 1.0):
 
 def run_discovery(settings):
     async def main():
-        client = BacnetClient(make_application(settings.bacnet, settings.discovery.bbmd))
+        client = BacnetClient.open(settings.bacnet, settings.discovery.bbmd)
         try:
             return await discover(client, settings)
         finally:
@@ -218,7 +218,7 @@ def test_unknown_object_and_refused_write_are_reported_not_fatal(db_dsn, broker,
 
 
 async def _write_to_analog_input() -> str:
-    client = BacnetClient(make_application(BacnetSettings(apdu_timeout_ms=500, apdu_retries=0)))
+    client = BacnetClient.open(BacnetSettings(apdu_timeout_ms=500, apdu_retries=0))
     try:
         await client.write(BASE, "analog-input,1", "present-value", 12.0)
     except BacnetError as exc:

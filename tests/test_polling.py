@@ -7,9 +7,8 @@ import math
 from zoneinfo import ZoneInfo
 
 from bacpipes.settings import BacnetSettings
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 from edge.catalog import PollDevice, PollPoint
-from edge.discovery import read_object_list
 from edge.polling import DevicePoller, next_slot, quality_from_flags
 from sim.server import ThreadedBuilding
 
@@ -48,10 +47,11 @@ def test_oversized_rpm_falls_back_and_shrinks_until_it_fits():
 
 
 async def _poll_legacy_four_times():
-    client = BacnetClient(make_application(BacnetSettings(apdu_timeout_ms=1000, apdu_retries=0)))
+    client = BacnetClient.open(BacnetSettings(apdu_timeout_ms=1000, apdu_retries=0))
     try:
         peer = (await client.who_is("127.0.0.93", LEGACY, LEGACY, 1.0))[0]
-        objects = [o for o in await read_object_list(client, peer) if str(o[0]) == "analog-input"]
+        listed = await client.object_list(peer.address, peer.device_id)
+        objects = [o for o in listed if str(o[0]) == "analog-input"]
         plan = [
             PollPoint(i, LEGACY, "analog-input", int(o[1]), None, None, None, "t", 30.0, 1)
             for i, o in enumerate(objects)

@@ -279,7 +279,7 @@ def test_speed_zero_freezes_values_and_reads_match_the_snapshot(
     time.sleep(1.3)  # longer than a tick
     second = building.snapshot()
     assert first == second
-    assert len(first) == 4 * (POINTS - 2)  # every object but device and network port
+    assert len(first) == 4 * (POINTS - 2 - 3)  # every object but device, network port, 3 trend logs
 
     async def scenario(client: Application) -> list[Any]:
         return [

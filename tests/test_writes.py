@@ -22,7 +22,7 @@ import pytest
 
 from bacpipes.commands import Command, command_status, grant_remote, insert_command, revoke_remote
 from bacpipes.settings import Settings
-from edge.bacnet import BacnetClient, make_application
+from edge.bacnet import BacnetClient
 from edge.executor import parse_mqtt_command
 from edge.writes import slot_value
 from sim.server import ThreadedBuilding
@@ -331,7 +331,7 @@ def test_interrupted_command_is_read_back_not_repeated(building, db_dsn, broker,
             )
         conn.commit()
     async def write_first() -> None:  # the write of `took` reached the device before the crash
-        client = BacnetClient(make_application(settings.bacnet))
+        client = BacnetClient.open(settings.bacnet)
         try:
             await client.write(f"{BASE}", SETPOINT, "presentValue", 23.0, 8)
         finally:
