@@ -23,6 +23,7 @@ import glob
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import shutil
 import signal
@@ -34,6 +35,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv-peer"
@@ -264,6 +267,46 @@ def bacpy_peer(address: str, device_id: int, port: int = 47808, **config: Any) -
         yield peer.start()
     finally:
         peer.close()
+
+
+
+
+# --- the peers' identity rule, to find a reading stored under the wrong point ------------------------
+
+
+def expected_value(object_type: str, instance: int) -> float | None:
+    """What a bac-py peer's object reads when nobody has written it (the peer's identity rule)."""
+    if object_type == "analog-input":
+        return 1000.0 + instance
+    if object_type == "analog-value":
+        return 10100.0 if instance == 100 else 20 + instance / 100
+    if object_type == "binary-value":
+        return float(instance % 2)
+    if object_type == "multi-state-value":
+        return float((instance - 1) % 3 + 1)
+    if object_type == "513":
+        return 30000.0 + instance
+    return None
+
+
+def misattributed(dsn: str, devices: list[int] | None = None) -> list[tuple[Any, ...]]:
+    """Readings (of these peers, or all) whose value is not the identity of the point they are under."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT p.object_type, p.object_instance, r.value FROM sensor_readings r"
+            " JOIN point p USING (site_id, point_id) WHERE %(all)s OR p.device_id = ANY(%(devices)s)",
+            {"all": devices is None, "devices": devices or []},
+        ).fetchall()
+    wrong = []
+    for otype, instance, value in rows:
+        expected = expected_value(otype, instance)
+        if otype == "analog-input":  # a changing input stays within [1000 + n, 1001 + n)
+            ok = math.floor(value) == expected
+        else:
+            ok = expected is not None and math.isclose(value, expected, abs_tol=1e-3)
+        if not ok:
+            wrong.append((otype, instance, value))
+    return wrong
 
 
 if __name__ == "__main__":  # python tests/bacpy_peer.py: build the venv and say where

@@ -7,7 +7,6 @@ reading stored under the wrong point shows: `misattributed` counts them over the
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,47 +20,13 @@ from bacpipes.commands import Command, insert_command
 from bacpipes.settings import BacnetSettings, Settings
 from edge.bacnet import BacnetClient
 from edge.writes import slot_value
-from tests.bacpy_peer import BacpyPeer
+from tests.bacpy_peer import BacpyPeer, misattributed
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, running_agent
 from tests.test_writes import wait_outcome
 
 AGENT = "127.0.0.100/8:47920"
 READER = "127.0.0.101/8:47921"  # a second client, to look at a device while the agent runs
-
-
-def expected_value(object_type: str, instance: int) -> float | None:
-    """What a bac-py peer's object reads when nobody has written it (the peer's identity rule)."""
-    if object_type == "analog-input":
-        return 1000.0 + instance
-    if object_type == "analog-value":
-        return 10100.0 if instance == 100 else 20 + instance / 100
-    if object_type == "binary-value":
-        return float(instance % 2)
-    if object_type == "multi-state-value":
-        return float((instance - 1) % 3 + 1)
-    if object_type == "513":
-        return 30000.0 + instance
-    return None
-
-
-def misattributed(dsn: str) -> list[tuple[Any, ...]]:
-    """Readings whose value is not the identity of the point they are stored under."""
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT p.object_type, p.object_instance, r.value FROM sensor_readings r"
-            " JOIN point p USING (site_id, point_id)"
-        ).fetchall()
-    wrong = []
-    for otype, instance, value in rows:
-        expected = expected_value(otype, instance)
-        if otype == "analog-input":  # a changing input stays within [1000 + n, 1001 + n)
-            ok = math.floor(value) == expected
-        else:
-            ok = expected is not None and math.isclose(value, expected, abs_tol=1e-3)
-        if not ok:
-            wrong.append((otype, instance, value))
-    return wrong
 
 
 def readings_per_point(dsn: str, device: int) -> dict[tuple[str, int], int]:
