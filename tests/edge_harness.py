@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import psycopg
+
+from bacpipes.commands import command_status
 from bacpipes.settings import Settings
 from edge.agent import EdgeAgent
 from edge.bacnet import BacnetClient
@@ -80,3 +85,14 @@ def discover_site(settings: Settings) -> None:
             client.close()
 
     asyncio.run(main())
+
+
+def wait_outcome(dsn: str, command_id: uuid.UUID, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn) as conn:
+        while time.monotonic() < deadline:
+            status = command_status(conn, command_id)
+            if status and status["status"] in ("completed", "failed", "rejected"):
+                return status
+            time.sleep(0.05)
+    raise AssertionError(f"command {command_id} did not finish: {status}")

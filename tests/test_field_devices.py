@@ -22,8 +22,7 @@ from edge.bacnet import BacnetClient
 from edge.writes import slot_value
 from tests.bacpy_peer import BacpyPeer, misattributed
 from tests.conftest import make_settings
-from tests.edge_harness import discover_site, running_agent
-from tests.test_writes import wait_outcome
+from tests.edge_harness import discover_site, running_agent, wait_outcome
 
 AGENT = "127.0.0.100/8:47920"
 READER = "127.0.0.101/8:47921"  # a second client, to look at a device while the agent runs

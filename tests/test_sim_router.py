@@ -28,11 +28,13 @@ from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.pdu import Address, RemoteStation
 from bacpypes3.primitivedata import Null, ObjectIdentifier
 
+from bacpipes.commands import Command, insert_command
+from edge.writes import slot_value
 from sim.physics import AhuMode
 from sim.router import ROUTER_INSTANCE
 from sim.server import ThreadedBuilding, VirtualBuilding
 from tests.conftest import make_settings
-from tests.edge_harness import running_agent
+from tests.edge_harness import running_agent, wait_outcome
 
 BASE = "127.0.0.80"
 ROUTER = "127.0.0.86"
@@ -297,6 +299,7 @@ def test_agent_discovers_and_polls_routed_devices(
     )
     expected = {k: v for k, v in building.snapshot().items() if k[0] in ROUTED}
     routed_points = len(expected)
+    target = max(ROUTED)
     with running_agent(settings, discover_first=True):
         deadline = time.monotonic() + 30
         polled = 0
@@ -304,6 +307,15 @@ def test_agent_discovers_and_polls_routed_devices(
             time.sleep(0.5)
             with psycopg.connect(db_dsn) as conn:
                 polled = conn.execute("SELECT count(DISTINCT point_id) FROM sensor_readings").fetchone()[0]
+        with psycopg.connect(db_dsn) as conn:  # and written, through the executor and the router
+            point = conn.execute(
+                "SELECT point_id FROM point WHERE device_id = %s AND object_type = 'analog-value'"
+                " AND object_instance = 1", (target,),
+            ).fetchone()[0]
+            command = Command(settings.site.id, point, 22.5, priority=9, source="cli", created_by="test")
+            outcome = wait_outcome(db_dsn, insert_command(conn, command), timeout=20)
+        assert outcome["status"] == "completed" and outcome["priority_array"][8] == 22.5, outcome
+        assert slot_value(building.object_property(target, "analog-value,1", "priorityArray")[8]) == 22.5
     with psycopg.connect(db_dsn) as conn:
         devices = {d: (a, m) for d, a, m in conn.execute("SELECT device_id, address, max_apdu FROM device")}
         points = set(conn.execute("SELECT device_id, object_type, object_instance FROM point").fetchall())

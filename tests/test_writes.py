@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from bacpipes.commands import Command, command_status, grant_remote, insert_command, revoke_remote
+from bacpipes.commands import Command, grant_remote, insert_command, revoke_remote
 from bacpipes.settings import Settings
 from edge.bacnet import BacnetClient
 from edge.executor import parse_mqtt_command
@@ -28,7 +28,7 @@ from edge.writes import slot_value
 from sim.server import ThreadedBuilding
 from tests.brokers import Collector
 from tests.conftest import make_settings
-from tests.edge_harness import discover_site, ready_agent
+from tests.edge_harness import discover_site, ready_agent, wait_outcome
 
 BASE = "127.0.0.140"
 AGENT = "127.0.0.102/8:47902"
@@ -65,17 +65,6 @@ def point_id(dsn: str, device: int, objid: str) -> int:
 
 def slots(b: ThreadedBuilding, device: int, objid: str) -> list[float | None]:
     return [slot_value(s) for s in b.object_property(device, objid, "priorityArray")]
-
-
-def wait_outcome(dsn: str, command_id: uuid.UUID, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn) as conn:
-        while time.monotonic() < deadline:
-            status = command_status(conn, command_id)
-            if status and status["status"] in ("completed", "failed", "rejected"):
-                return status
-            time.sleep(0.05)
-    raise AssertionError(f"command {command_id} did not finish: {status}")
 
 
 class MqttCommander:
