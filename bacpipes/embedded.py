@@ -296,8 +296,10 @@ class MosquittoBroker:
     """A private mosquitto on 127.0.0.1 with its config, persistence and log in `directory`.
 
     Configured not to lose messages: Mosquitto's defaults queue only 1000 QoS1 messages for an offline
-    persistent session (`max_queued_messages`) and keep only 20 in flight per client; both are lifted.
-    Persistence keeps sessions across `restart()`.
+    persistent session (`max_queued_messages`) and keep only 20 in flight per client; both are lifted,
+    to deploy/mosquitto.conf's bounds (a million messages or 256 MiB per session, 4 MiB per message).
+    Persistence keeps sessions across `restart()`. Anonymous on loopback: client ids are bound to
+    nobody (see bacpipes.mqtt.client_id_for).
     """
 
     def __init__(
@@ -339,7 +341,13 @@ class MosquittoBroker:
             "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {data}/",
-            "max_queued_messages 0",  # 0 = unlimited
+            # the bounds of deploy/mosquitto.conf: an idle session's queue and a message's size are
+            # limited (tests/test_broker_security.py); 1000 in flight so a slow subscriber loses nothing
+            "max_queued_messages 1000000",
+            "max_queued_bytes 268435456",
+            "persistent_client_expiration 7d",
+            "message_size_limit 4194304",
+            "max_packet_size 16777216",
             "max_inflight_messages 1000",
             "set_tcp_nodelay true",  # as deploy/mosquitto.conf: write commands and results are tiny
             "log_dest file " + str(self.log_path),

@@ -7,6 +7,8 @@ reconnect policy; building the client in one place keeps them from drifting apar
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,11 +54,35 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or _DEFAULT_PORTS[scheme], scheme == "mqtts"
 
 
+def client_id_for(settings: MqttSettings, name: str) -> str:
+    """The MQTT client id of our connection called `name` (e.g. "bacpipes-edge-commands").
+
+    Mosquitto (2.0, and 2.1: eclipse-mosquitto/mosquitto#3553) lets any logged-in user connect with any
+    client id: that disconnects the client holding it and hands over its persistent session. Its only
+    binding, `use_username_as_clientid`, allows one connection per user, and the agent has several. So
+    with credentials the id is `name-<16 hex>`, the tag derived from the user's password (PBKDF2, so the
+    broker's logs are no cheap password oracle): stable across restarts (the ingester resumes its
+    session, a restarted client replaces its own stale connection), and not to be named by anyone
+    without that password. Without a password (the demo's anonymous loopback broker) there is no
+    identity to protect, and the id is `name`.
+    """
+    if not settings.password:
+        return name
+    return f"{name}-{_tag(settings.username or '', settings.password, name)}"
+
+
+@functools.lru_cache(maxsize=64)
+def _tag(username: str, password: str, name: str) -> str:
+    salt = f"bacpipes-mqtt-client-id\0{username}\0{name}".encode()
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000, dklen=8).hex()
+
+
 def make_client(
     settings: MqttSettings, client_id: str, *, persistent: bool = False
 ) -> mqtt.Client:
     """A configured, not yet connected client; connect with `connect_async` (see below).
 
+    `client_id` names the connection; the broker sees `client_id_for(settings, client_id)`.
     `persistent=True` asks the broker to keep the session (subscriptions and QoS>0 messages queued
     while we are away) — what a subscriber needs for at-least-once delivery. A pure publisher does
     not need it: its own spool is what survives.
@@ -64,7 +90,7 @@ def make_client(
     _, _, tls = parse_mqtt_url(settings.url)  # fail on a bad URL before anything else happens
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
+        client_id=client_id_for(settings, client_id),
         clean_session=not persistent,
         protocol=mqtt.MQTTv311,
     )

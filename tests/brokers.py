@@ -26,7 +26,8 @@ __all__ = ["MOSQUITTO", "Collector", "MosquittoBroker", "Received", "free_port"]
 
 class MosquittoBroker(_Broker):
     """A private mosquitto on 127.0.0.1, configured for lossless tests (`bacpipes.embedded`, shared with
-    `bacpipes demo`): unlimited offline queue, 1000 in flight, persistence across `restart()`."""
+    `bacpipes demo`): deploy/mosquitto.conf's queue and size bounds, 1000 in flight, persistence across
+    `restart()`."""
 
     def __init__(self, tmp_path: Path, *args: Any, **kwargs: Any) -> None:
         super().__init__(tmp_path, *args, binary=kwargs.pop("binary", MOSQUITTO), **kwargs)
