@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 from streamlit.testing.v1 import AppTest
 
+from bacpipes.users import add_user
 from benchmarks.bench_storage import END, SITE, generate, make_points
 from tests.conftest import fresh_database
 
@@ -47,6 +48,7 @@ def seed(dsn: str, points: int, days: int, interval_s: int) -> int:
             " now() - i * interval '1 minute' FROM generate_series(1, 5000) i", (SITE,))
         conn.execute("INSERT INTO alerts (site_id, source, severity, message)"
                      " SELECT %s, 'bench', 'warning', 'alert ' || i FROM generate_series(1, 50) i", (SITE,))
+        add_user(conn, "bench", "bench-password", "operator")  # pages need a login; the role is read per run
         conn.execute("VACUUM ANALYZE")
     return rows
 
@@ -58,7 +60,7 @@ def page_run(name: str, prepare: Callable[[AppTest], None] | None = None,
     def once() -> float:
         at = AppTest.from_file(str(VIEWS / f"{name}.py") if name != "baseline" else _baseline(),
                                default_timeout=60)
-        at.session_state["user"] = {"name": "bench", "role": "operator"}
+        at.session_state["user"] = "bench"
         at.run()
         if prepare:
             prepare(at)

@@ -77,12 +77,14 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
         yield SimpleNamespace(dsn=dsn, config=config, zones=zones)
 
 
-def page(name: str, seeded: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, user: str | None = None,
-         role: str = "operator") -> AppTest:
+def page(name: str, seeded: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, user: str | None = "victor"
+         ) -> AppTest:
+    """A page run as `user` (a viewer unless told): the session holds the name only, the role is the
+    database's."""
     monkeypatch.setenv("BACPIPES_CONFIG", str(seeded.config))
     at = AppTest.from_file(str(APP / "views" / f"{name}.py"), default_timeout=60)
     if user:
-        at.session_state["user"] = {"name": user, "role": role}
+        at.session_state["user"] = user
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -142,7 +144,7 @@ def test_trends_read_raw_for_short_ranges_and_hourly_for_long(seeded, monkeypatc
 
 
 def test_points_are_read_only_for_viewers_and_edited_with_a_topic_preview(seeded, monkeypatch) -> None:
-    viewer = page("points", seeded, monkeypatch, "victor", "viewer")
+    viewer = page("points", seeded, monkeypatch, "victor")
     assert any("Log in as an operator" in i.value for i in viewer.info)
     assert not [b for b in viewer.button if b.label == "Save"]
 
@@ -169,7 +171,7 @@ def test_points_are_read_only_for_viewers_and_edited_with_a_topic_preview(seeded
 
 
 def test_an_operator_writes_with_confirmation_and_the_row_is_audited(seeded, monkeypatch) -> None:
-    viewer = page("commands", seeded, monkeypatch, "victor", "viewer")
+    viewer = page("commands", seeded, monkeypatch, "victor")
     assert not [b for b in viewer.button if b.label == "Review"]
 
     at = page("commands", seeded, monkeypatch, "olivia")
@@ -198,7 +200,7 @@ def test_an_operator_writes_with_confirmation_and_the_row_is_audited(seeded, mon
 
 
 def test_models_registry_deployments_actions_and_shadow_accuracy(seeded, monkeypatch) -> None:
-    viewer = page("models", seeded, monkeypatch, "victor", "viewer")
+    viewer = page("models", seeded, monkeypatch, "victor")
     assert viewer.dataframe[0].value["version"].tolist() == ["2", "1"]
     running = viewer.dataframe[1].value
     assert running[["site_id", "version", "mode"]].values.tolist() == [[SITE, "2", "shadow"]]
@@ -236,7 +238,7 @@ def test_login_takes_the_right_password_only(seeded, monkeypatch) -> None:
     assert any("wrong password" in e.value for e in at.error) and "user" not in at.session_state
     at.text_input[1].set_value("operator-pass")
     button(at, "Log in").click().run()
-    assert at.session_state["user"] == {"name": "olivia", "role": "operator"}
+    assert at.session_state["user"] == "olivia"  # the name only: the role is read on every run
     assert not at.exception
 
 
@@ -250,9 +252,12 @@ def test_central_has_a_site_selector_and_each_page_follows_it(seeded, monkeypatc
             conn.execute("INSERT INTO point (site_id, device_id, object_type, object_instance, object_name,"
                          " topic) SELECT %s, 1, 'analog-value', i, 'P' || i, %s || '/d/av' || i"
                          " FROM generate_series(1, %s) i", (site, site, points))
+        add_user(conn, "carla", "central-pass", "viewer")
         conn.commit()
         monkeypatch.setenv("BACPIPES_CONFIG", str(write_config(tmp_path / "central.toml", dsn)))
-        at = AppTest.from_file(str(APP / "app.py"), default_timeout=60).run()
+        at = AppTest.from_file(str(APP / "app.py"), default_timeout=60)
+        at.session_state["user"] = "carla"  # pages show nothing before a login
+        at.run()
         assert at.selectbox(key="site").options == ["north", "south"]
         at.switch_page(str(APP / "views" / "live.py")).run()
         assert len(at.dataframe[0].value) == 3
@@ -266,6 +271,8 @@ def test_an_operator_runs_a_discovery_from_the_app(db_dsn, monkeypatch, tmp_path
     config = tmp_path / "site.toml"
     config.write_text(f'[database]\ndsn = "{db_dsn}"\n[bacnet]\naddress = "127.0.0.107/8:47907"\n'
                       '[discovery]\ntargets = ["127.0.0.175"]\ntimeout_s = 1.0\n')
+    with psycopg.connect(db_dsn) as conn:
+        add_user(conn, "olivia", "operator-pass", "operator")
     with ThreadedBuilding(devices=1, address_base="127.0.0.175", seed=3, speed=0):
         at = page("points", SimpleNamespace(config=config), monkeypatch, "olivia")
         assert any("No devices yet" in i.value for i in at.info)

@@ -12,7 +12,7 @@ import streamlit as st
 
 from central.ab import Period, evaluate, score
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, settings, shown_errors
+from streamlit_app.context import current_site, database, require_login, settings, shown_errors
 
 
 def page() -> None:
@@ -66,5 +66,6 @@ def results(site: str, done: pd.DataFrame) -> None:
 
 
 st.title("A/B evaluation")
+require_login()
 with shown_errors():
     page()

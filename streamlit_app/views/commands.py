@@ -26,7 +26,15 @@ from bacpipes.commands import (
 )
 from bacpipes.replication import is_central
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, needs_operator, settings, shown_errors
+from streamlit_app.context import (
+    act_as_operator,
+    current_site,
+    database,
+    needs_operator,
+    require_login,
+    settings,
+    shown_errors,
+)
 
 
 def outcome(status: dict) -> None:
@@ -88,6 +96,7 @@ def write_form(conn: psycopg.Connection, site: str, name: str, central: bool) ->
         st.rerun()
     if yes.button("Confirm", type="primary"):
         del st.session_state["pending_write"]
+        name = act_as_operator(conn)
         wait = settings().ui.write_wait_s
         command_id = _insert(conn, site, name, central, pending, wait)
         with st.spinner("Waiting for the device…"):
@@ -118,9 +127,11 @@ def authority(conn: psycopg.Connection, site: str, name: str | None) -> None:
     left, right = st.columns(2)
     minutes = left.number_input("Grant remote (central and ML) for minutes", min_value=1, value=60, step=15)
     if left.button("Grant remote"):
+        name = act_as_operator(conn)
         grant_remote(conn, site, timedelta(minutes=int(minutes)), f"ui:{name}", "granted in the app")
         st.rerun()
     if right.button("Revoke remote", disabled=mode != "remote"):
+        name = act_as_operator(conn)
         revoke_remote(conn, site, f"ui:{name}", "revoked in the app")
         st.rerun()
 
@@ -130,7 +141,7 @@ def page() -> None:
         site = current_site(conn)
         central = is_central(conn)
         st.subheader("Write or release")
-        name = needs_operator("write to devices or change control authority")
+        name = needs_operator("write to devices or change control authority", conn)
         if name:
             write_form(conn, site, name, central)
         st.subheader("Control authority")
@@ -145,5 +156,6 @@ def page() -> None:
 
 
 st.title("Commands")
+require_login()
 with shown_errors():
     page()

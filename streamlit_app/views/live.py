@@ -8,7 +8,15 @@ import pandas as pd
 import streamlit as st
 
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, settings, shown_errors
+from streamlit_app.context import (
+    current_site,
+    database,
+    kiosk_allowed,
+    require_login,
+    settings,
+    shown_errors,
+    user,
+)
 
 STALE, BAD = "background-color: #fff3cd", "background-color: #f8d7da"
 
@@ -39,6 +47,7 @@ def filtered(table: pd.DataFrame, equipment: list[str], tag: str, text: str) -> 
 
 
 st.title("Live values")
+require_login(kiosk=True)
 config = settings()
 equipment_names: list[str] = []
 with shown_errors(), database() as conn:
@@ -54,6 +63,8 @@ text = right.text_input("Search", placeholder="object name or description")
 @st.fragment(run_every=config.ui.live_refresh_s)
 def table() -> None:
     with shown_errors(), database() as conn:
+        if user(conn) is None and not kiosk_allowed(conn):
+            st.rerun()  # logged out or disabled since the page was drawn: the whole app again, its login
         data = queries.live(conn, current_site(conn), config.polling.default_interval_s)
         if data.empty:
             st.info("No points yet: run a discovery (Devices & points) and start the edge agent.")

@@ -14,7 +14,16 @@ import streamlit as st
 from bacpipes.zones import find_zones
 from central.registry import MODES, deploy, rollback
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, needs_operator, settings, shown_errors, sites
+from streamlit_app.context import (
+    act_as_operator,
+    current_site,
+    database,
+    needs_operator,
+    require_login,
+    settings,
+    shown_errors,
+    sites,
+)
 
 
 def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str, name: str) -> None:
@@ -25,10 +34,12 @@ def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str, name: s
         mode = right.selectbox("Mode", MODES)
         reason = st.text_input("Reason", placeholder="why (kept with the deployment)")
         if st.form_submit_button(f"Deploy to {site}"):
+            name = act_as_operator(conn)
             deploy(conn, site, model, version, mode, f"ui:{name}", reason.strip() or None)
             st.success(f"{model}@{version} deployed to {site} in {mode} mode.")
     model = st.selectbox("Roll back", sorted(registry["name"].unique()), key="rollback_model")
     if st.button(f"Roll {model} back to the previous version at {site}"):
+        name = act_as_operator(conn)
         previous = rollback(conn, site, model, f"ui:{name}", "rolled back in the app")
         st.success(f"{model} at {site} rolled back to {previous}.")
 
@@ -74,12 +85,13 @@ def page() -> None:
             st.dataframe(current, hide_index=True)
             with st.expander("History"):
                 st.dataframe(history, hide_index=True)
-        if not registry.empty and (name := needs_operator("deploy, switch or roll back models")):
+        if not registry.empty and (name := needs_operator("deploy, switch or roll back models", conn)):
             actions(conn, registry, site, name)
         st.subheader("Shadow predictions against what happened")
         shadow(conn, site)
 
 
 st.title("Models")
+require_login()
 with shown_errors():
     page()

@@ -7,9 +7,10 @@ import streamlit as st
 
 from bacpipes.replication import is_central
 from streamlit_app import queries
-from streamlit_app.context import database, shown_errors, sites
+from streamlit_app.context import database, require_login, shown_errors, sites
 
 st.title("Overview")
+require_login(kiosk=True)
 with shown_errors(), database() as conn:
     central = is_central(conn)
     known = sites(conn)

@@ -18,7 +18,15 @@ import streamlit as st
 from bacpipes.points import WRITE_LIMITS, parse_tags, update_points
 from bacpipes.replication import is_central
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, operator, settings, shown_errors
+from streamlit_app.context import (
+    act_as_operator,
+    current_site,
+    database,
+    operator,
+    require_login,
+    settings,
+    shown_errors,
+)
 
 LEAVE = "(leave)"
 
@@ -29,6 +37,7 @@ def discovery() -> None:
         ok, text = st.session_state.pop("discovery")
         (st.success if ok else st.error)(text)
     if st.button("Run a discovery now", help="Who-Is to the configured targets; takes a few seconds"):
+        act_as_operator()
         config = os.environ.get("BACPIPES_CONFIG")
         command = [sys.executable, "-m", "bacpipes.cli", "edge", "discover"] + (
             ["--config", config] if config else [])
@@ -68,6 +77,7 @@ def edit_form(site: str, table: pd.DataFrame) -> None:
     st.markdown(f"**{len(chosen)} point(s)**, {moved} would publish on a new topic")
     st.dataframe(topics, hide_index=True)
     if save:
+        act_as_operator()
         count = update_points(
             settings(), point_ids=[int(p) for p in chosen], publish=None if publish == LEAVE else publish,
             interval_s=interval or None, qos=None if qos == LEAVE else int(qos),
@@ -108,5 +118,6 @@ def page() -> None:
 
 
 st.title("Devices & points")
+require_login()
 with shown_errors():
     page()

@@ -9,12 +9,13 @@ import altair as alt
 import streamlit as st
 
 from streamlit_app import queries
-from streamlit_app.context import current_site, database, settings, shown_errors
+from streamlit_app.context import current_site, database, require_login, settings, shown_errors
 
 RANGES = {"Last 6 hours": timedelta(hours=6), "Last 24 hours": timedelta(days=1),
           "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30), "Custom": None}
 
 st.title("Trends")
+require_login()
 
 
 def page() -> None:
