@@ -254,6 +254,36 @@ def hba_lines(replication_users: str | list[str], admin_user: str = "postgres") 
     return "\n".join(lines)
 
 
+# The deployment's pg_hba.conf policy (deploy/pg_hba.conf has exactly these lines; tests compare them).
+# First match wins. No trust anywhere: the superuser only through the socket as the OS user postgres
+# (peer), BacPipes' own roles (bacpipes db roles) with a password on loopback, the superuser never from
+# another machine, the replication roles (`bacpipes site link`) only over TLS with a client certificate
+# signed by the deployment's CA whose CN is the role, everything else refused.
+DEPLOY_HBA_POLICY: tuple[tuple[str, ...], ...] = (
+    ("local", "all", "postgres", "peer"),
+    ("host", "all", "all", "127.0.0.1/32", "scram-sha-256"),
+    ("host", "all", "all", "::1/128", "scram-sha-256"),
+    ("host", "all", "postgres", "0.0.0.0/0", "reject"),
+    ("host", "all", "postgres", "::/0", "reject"),
+    ("hostssl", "all", "all", "0.0.0.0/0", "cert", "clientcert=verify-full"),
+    ("hostssl", "all", "all", "::/0", "cert", "clientcert=verify-full"),
+    ("host", "all", "all", "0.0.0.0/0", "reject"),
+    ("host", "all", "all", "::/0", "reject"),
+)
+
+
+def deploy_hba() -> str:
+    """pg_hba.conf for a deployment: the same policy as deploy/pg_hba.conf, line for line."""
+    widths = [max(len(line[i]) for line in DEPLOY_HBA_POLICY if len(line) > i) for i in range(6)]
+    lines = ["# pg_hba.conf (first matching line wins): local postgres by peer, BacPipes roles with a",
+             "# password on loopback, replication roles only with a client certificate, the rest refused."]
+    for line in DEPLOY_HBA_POLICY:
+        fields = list(line) if line[0] != "local" else [line[0], line[1], line[2], "", *line[3:]]
+        lines.append("  ".join(f.ljust(widths[i] if i < len(fields) - 1 else 0)
+                               for i, f in enumerate(fields)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def client_conninfo(directory: Path, user: str, host: str, port: int, dbname: str) -> str:
     """libpq conninfo for `user` (e.g. a subscription's CONNECTION): verify-full checks the server
     against our CA and its host name; the client certificate is the credential, no password."""
