@@ -32,6 +32,30 @@ def _db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_roles(args: argparse.Namespace) -> int:
+    """The processes' login roles (sql/018_roles.sql has their groups). Passwords from
+    $BACPIPES_DB_PASSWORD_<ROLE>, else generated for a new role and written 0600 next to the config."""
+    import os
+    from pathlib import Path
+
+    from bacpipes.db import LOGIN_ROLES, ensure_login_roles, password_variable
+
+    given = {r: os.environ[password_variable(r)] for r in LOGIN_ROLES if os.environ.get(password_variable(r))}
+    set_now = ensure_login_roles(load_settings(args.config).database.dsn, given)
+    generated = {r: p for r, p in set_now.items() if r not in given}
+    if generated:
+        out = Path(args.config).resolve().parent / "db-roles.env"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.writelines(f"{password_variable(r)}={p}\n" for r, p in generated.items())
+        print(f"generated passwords written to {out} (0600): put each in its service's DSN")
+    for role, groups in LOGIN_ROLES.items():
+        how = "password set" if role in set_now else "password unchanged"
+        print(f"{role}: member of {', '.join(groups)}; {how}")
+    return 0
+
+
 def _db_retention(args: argparse.Namespace) -> int:
     from bacpipes.db import connect
     from bacpipes.partitions import apply_retention
@@ -325,7 +349,7 @@ def _certs(args: argparse.Namespace) -> int:
         certs.issue_client(out, site_role(site_id))
     print(f"certificates in {out}: copy ca.crt, the server's own pair and the client pair its")
     print("subscription uses to each host; postgresql.conf and pg_hba.conf lines:")
-    print(certs.hba_lines([site_role(s.split("=", 1)[0]) for s in args.site]))
+    print(certs.deploy_hba(), end="")  # = deploy/pg_hba.conf; the replication roles log in by certificate
     for key, value in certs.server_settings(out, "central").items():
         print(f"{key} = '{value}'")
     return 0
@@ -344,13 +368,27 @@ def _ui(args: argparse.Namespace) -> int:
         import streamlit_app
 
         app = Path(streamlit_app.__file__).parent / "app.py"
+    host = args.host or settings.ui.host
     command = [
         sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.address", args.host or settings.ui.host,
+        "--server.address", host,
         "--server.port", str(args.port or settings.ui.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--client.showErrorDetails", "none", "--client.toolbarMode", "viewer",
     ]
+    cert, key = args.cert or settings.ui.cert_file, args.key or settings.ui.key_file
+    if bool(cert) != bool(key):
+        raise ValueError("HTTPS needs both a certificate and its key (--cert and --key, or [ui] cert_file "
+                         "and key_file)")
+    if cert and key:
+        for path in (cert, key):
+            if not Path(path).is_file():
+                raise ValueError(f"no such file: {path}")
+        command += ["--server.sslCertFile", str(Path(cert).resolve()),
+                    "--server.sslKeyFile", str(Path(key).resolve())]
+    elif host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"warning: serving plain HTTP on {host}: passwords cross the network in clear unless a TLS "
+              "proxy is in front; use --cert/--key (bacpipes certs makes a pair)", file=sys.stderr)
     os.execvpe(command[0], command, env)  # Streamlit takes over this process (signals included)
 
 
@@ -358,9 +396,30 @@ def _users(args: argparse.Namespace) -> int:
     import getpass
 
     from bacpipes.db import connect
-    from bacpipes.users import add_user
+    from bacpipes.users import add_user, disable, list_users, unlock
 
     settings = load_settings(args.config)
+    if args.users_command == "unlock":
+        if not (args.name or args.address):
+            raise ValueError("name a user or an --address to unlock")
+        with connect(settings.database.dsn) as conn:
+            lifted = unlock(conn, username=args.name, address=args.address)
+        print(f"unlocked {' and '.join(filter(None, [args.name, args.address]))}"
+              f" ({lifted} lock(s) were active); earlier failures no longer count")
+        return 0
+    if args.users_command == "disable":
+        with connect(settings.database.dsn) as conn:
+            if not disable(conn, args.name):
+                raise ValueError(f"no user {args.name!r}")
+        print(f"user {args.name} disabled (an open session loses access at its next interaction)")
+        return 0
+    if args.users_command == "list":
+        with connect(settings.database.dsn) as conn:
+            for name, role, disabled_at, locked_until in list_users(conn):
+                state = (f"disabled since {disabled_at:%Y-%m-%d %H:%M}" if disabled_at else
+                         f"locked until {locked_until:%Y-%m-%d %H:%M}" if locked_until else "active")
+                print(f"{name}\t{role}\t{state}")
+        return 0
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -369,7 +428,8 @@ def _users(args: argparse.Namespace) -> int:
             raise ValueError("the passwords differ")
     with connect(settings.database.dsn) as conn:
         add_user(conn, args.name, password, args.role)
-    print(f"user {args.name} ({args.role}) saved in {settings.database.dsn.rsplit('/', 1)[-1]}")
+        database = conn.info.dbname  # never the DSN: it may hold a password
+    print(f"user {args.name} ({args.role}) saved in database {database}")
     return 0
 
 
@@ -405,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db").add_subparsers(dest="db_command", required=True)
     with_config(db.add_parser("migrate", help="apply pending SQL migrations")).set_defaults(func=_db_migrate)
+    with_config(db.add_parser("roles", help="create the login roles of the processes")).set_defaults(
+        func=_db_roles)
     retention = with_config(db.add_parser("retention", help="drop expired daily partitions, create ahead"))
     retention.add_argument("--days", type=int, help="keep this many days (default: database.retention_days)")
     retention.set_defaults(func=_db_retention)
@@ -491,15 +553,27 @@ def build_parser() -> argparse.ArgumentParser:
     ui = with_config(sub.add_parser("ui", help="serve the web app (Streamlit) for a site or central"))
     ui.add_argument("--host", help="address to listen on (default: [ui] host, 127.0.0.1)")
     ui.add_argument("--port", type=int, help="port (default: [ui] port, 8501)")
+    ui.add_argument("--cert", help="HTTPS: the server certificate, PEM (default: [ui] cert_file)")
+    ui.add_argument("--key", help="HTTPS: its private key, PEM (default: [ui] key_file)")
     ui.set_defaults(func=_ui)
 
     users = sub.add_parser("users", help="app users: operators may write and deploy, viewers only read")
-    add = with_config(users.add_subparsers(dest="users_command", required=True).add_parser(
-        "add", help="create a user, or set a new password and role"))
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = with_config(users_sub.add_parser("add", help="create a user, or set a new password and role"))
     add.add_argument("name")
     add.add_argument("--role", choices=["viewer", "operator"], required=True)
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     add.set_defaults(func=_users)
+    unlock = with_config(users_sub.add_parser("unlock", help="lift a login lock on a user or an address"))
+    unlock.add_argument("name", nargs="?")
+    unlock.add_argument("--address", help="a client address locked after failures ('local' = loopback)")
+    unlock.set_defaults(func=_users)
+    disable = with_config(users_sub.add_parser("disable", help="take a user's access away (users add "
+                                                               "with a new password enables it again)"))
+    disable.add_argument("name")
+    disable.set_defaults(func=_users)
+    with_config(users_sub.add_parser("list", help="users, roles, disabled or locked")).set_defaults(
+        func=_users)
 
     central = sub.add_parser("central").add_subparsers(dest="central_command", required=True)
     with_config(central.add_parser("init", help="prepare the central database")).set_defaults(
@@ -535,14 +609,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from bacpipes.db import redact_error  # an error must never show a DSN's password
+
     try:
         return args.func(args) or 0
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"bacpipes: error: {exc}", file=sys.stderr)
+        print(f"bacpipes: error: {redact_error(str(exc))}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        print(f"bacpipes: error: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        print(f"bacpipes: error: database unavailable: {redact_error(str(exc))}".rstrip(), file=sys.stderr)
         return 3
+    except psycopg.ProgrammingError as exc:
+        if redact_error(str(exc)) == str(exc):  # not libpq refusing a connection string: a bug, traced
+            raise
+        # libpq quotes the piece it could not parse, which may be a password: no traceback, quotes elided
+        print(f"bacpipes: error: invalid database connection string: {redact_error(str(exc))}".rstrip(),
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from typing import Any
 import psycopg
 
 SOURCES = ("mqtt", "ui", "central", "ml", "cli")
-LOCAL_SOURCES = frozenset({"mqtt", "ui", "cli"})  # accepted whatever the control authority
+# accepted whatever the control authority, if inserted on the site itself: a command that arrived by
+# replication (write_commands.arrived) is remote whatever its source says
+LOCAL_SOURCES = frozenset({"mqtt", "ui", "cli"})
 TERMINAL = ("completed", "failed", "rejected")
 
 
@@ -31,6 +33,12 @@ class Command:
     not_after: datetime | None = None
     source_ip: str | None = None
     id: uuid.UUID | None = None  # None: a new one
+
+    def __post_init__(self) -> None:
+        # a release writes Null: a value riding along used to reach the device unchecked, and the
+        # database refuses such a row anyway (write_commands_release_has_no_value)
+        if self.release and self.value is not None:
+            raise ValueError("a release carries no value: give either a value or release, not both")
 
     @property
     def command_type(self) -> str:

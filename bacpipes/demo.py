@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bacpipes.contracts import reading_filter
+from bacpipes.db import redact_dsn
 from bacpipes.embedded import (
     AmqttBroker,
     PostgresCluster,
@@ -572,10 +573,11 @@ class Demo:
             lines.append(f"  user / password:    {DEMO_USER} / {self.password}   (operator; also in "
                          f"{d}/{CREDENTIALS_FILE})")
         ports = self.state["ports"]
-        lines.append(f"  site database:      postgresql://postgres@127.0.0.1:{ports['site_db']}/bacpipes")
+        site_db, central_db = (redact_dsn(f"postgresql://postgres@127.0.0.1:{ports[k]}/bacpipes")
+                               for k in ("site_db", "central_db"))  # never shown with a password
+        lines.append(f"  site database:      {site_db}")
         if self.linked:
-            lines.append(f"  central database:   postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"
-                         "   (replicated from the site over TLS)")
+            lines.append(f"  central database:   {central_db}   (replicated from the site over TLS)")
         lines.append(f"  MQTT broker:        mqtt://127.0.0.1:{ports['mqtt']}   (topics {SITE_ID}/#)")
         lines.append(f"  settings:           {d}/site.toml" + (f", {d}/central.toml" if self.linked else ""))
         flows = self.state.get("flows")

@@ -76,13 +76,15 @@ class RetentionReport:
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     moved_from_default: int = 0  # rows adopted out of DEFAULT into their day's partition
+    rejects_deleted: int = 0  # ingest_rejects rows older than the cutoff (kept as long as the readings)
 
     def summary(self) -> str:
         rows = sum(self.dropped.values())
         return (
             f"{self.table}: retention {self.days} d (cutoff {self.cutoff.isoformat()}): "
             f"dropped {len(self.dropped)} partitions ({rows} rows), created {len(self.created)}, "
-            f"kept {len(self.kept)}, moved {self.moved_from_default} rows out of DEFAULT"
+            f"kept {len(self.kept)}, moved {self.moved_from_default} rows out of DEFAULT, "
+            f"deleted {self.rejects_deleted} ingest rejects"
         )
 
 
@@ -244,6 +246,18 @@ def drop_partition(conn: psycopg.Connection, table: str, name: str) -> int:
     return rows
 
 
+def delete_expired_rejects(conn: psycopg.Connection, cutoff: datetime) -> int:
+    """Delete the ingest rejects received before `cutoff`; returns how many.
+
+    The rejects (messages the ingester refused, up to 64 KiB each) are kept as long as the readings, so a
+    flood of bad messages cannot fill the disk. A DELETE, not partitions: the table is small, indexed on
+    received_at (sql/017_audit.sql), and not replicated.
+    """
+    if conn.execute("SELECT to_regclass('ingest_rejects')").fetchone()[0] is None:
+        return 0
+    return conn.execute("DELETE FROM ingest_rejects WHERE received_at < %s", (cutoff,)).rowcount
+
+
 def apply_retention(
     conn: psycopg.Connection,
     days: int = SITE_RETENTION_DAYS,
@@ -272,5 +286,7 @@ def apply_retention(
                 report.dropped[part.name] = drop_partition(conn, table, part.name)
             else:
                 report.kept.append(part.name)
+        if table == DEFAULT_TABLE:
+            report.rejects_deleted = delete_expired_rejects(conn, report.cutoff)
     report.created = [name for name in report.created if name not in report.dropped]
     return report

@@ -3,8 +3,11 @@
 Site -> central: `sensor_readings` (inserts only, through the partition root, so site retention's
 DROP PARTITION never reaches central) and the small tables (device, point, command_events,
 site_heartbeat). Central -> site: `write_commands` rows for that site only (a row filter). No table is
-published both ways, so nothing loops. Every connection is TLS 1.3 with a client certificate, checked by
-name (`sslmode=verify-full`); the roles may replicate and read only what they replicate.
+published both ways, so nothing loops. A site publishes only rows with its own site_id (row filters), and
+central drops any other row arriving on that site's subscriptions (`sql/015_site_guard.sql`): a
+compromised or misconfigured site cannot write another site's readings or heartbeat into central.
+Every connection is TLS 1.3 with a client certificate, checked by name (`sslmode=verify-full`); the
+roles may replicate and read only what they replicate.
 
 Everything here is idempotent: `link` checks before it creates, `unlink` drops only what exists.
 Shared by the `bacpipes site …` and `bacpipes central …` commands; it talks SQL, not BACnet.
@@ -160,17 +163,39 @@ def _has(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool
     return conn.execute(query, (name,)).fetchone() is not None
 
 
+def own_rows(site_id: str, tables: tuple[str, ...]) -> sql.Composable:
+    """`t1 WHERE (site_id = 'x'), t2 WHERE …`: a site publishes its own rows only."""
+    return sql.SQL(", ").join(
+        sql.SQL("{} WHERE (site_id = {})").format(sql.Identifier(t), sql.Literal(site_id)) for t in tables
+    )
+
+
+def readings_table(site_id: str, after: datetime | None = None) -> sql.Composable:
+    """The readings publication's one table: the site's own rows, after `after` once a resync narrowed it."""
+    if after is None:
+        return own_rows(site_id, ("sensor_readings",))
+    return sql.SQL("sensor_readings WHERE (site_id = {} AND time > {})").format(
+        sql.Literal(site_id), sql.Literal(after))
+
+
 def _ensure_publication(
     conn: psycopg.Connection, name: str, tables: sql.Composable, options: str, say: Steps
 ) -> None:
-    """Create it, or bring an older link's table list up to date (then subscribers must refresh)."""
+    """Create it, or bring an older link's tables and row filters up to date (then subscribers refresh).
+
+    A publication made before row filters carried every row of its tables, whatever their site_id."""
     ident = sql.Identifier(name)
     if not _has(conn, "pg_publication", "pubname", name):
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE ").format(ident) + tables
                      + sql.SQL(f" WITH ({options})"))
         say(f"created publication {name}")
-    else:
-        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE ").format(ident) + tables)
+        return
+    unfiltered = [r[0] for r in conn.execute(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND rowfilter IS NULL"
+        " ORDER BY tablename", (name,))]
+    conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE ").format(ident) + tables)
+    if unfiltered:
+        say(f"publication {name} now carries only this site's rows of {', '.join(unfiltered)}")
 
 
 def _ensure_subscription(
@@ -228,10 +253,11 @@ def link(site: Settings, central: Settings) -> list[str]:
         )
         s.execute("SELECT pg_reload_conf()")
         _ensure_role(s, CENTRAL_ROLE, ("sensor_readings", *META_TABLES), say)
-        if not _has(s, "pg_publication", "pubname", READINGS_PUBLICATION):  # resync may have narrowed it
-            _ensure_publication(s, READINGS_PUBLICATION, sql.SQL("sensor_readings"),
-                                "publish = 'insert', publish_via_partition_root = true", say)
-        _ensure_publication(s, META_PUBLICATION, sql.SQL(", ").join(sql.Identifier(t) for t in META_TABLES),
+        resynced = c.execute("SELECT resynced_from FROM site WHERE site_id = %s", (site_id,)).fetchone()
+        # a resync narrowed the readings to those after central's newest: keep that bound
+        _ensure_publication(s, READINGS_PUBLICATION, readings_table(site_id, resynced and resynced[0]),
+                            "publish = 'insert', publish_via_partition_root = true", say)
+        _ensure_publication(s, META_PUBLICATION, own_rows(site_id, META_TABLES),
                             "publish = 'insert, update, delete'", say)
         heartbeat(s, site_id)
 
@@ -241,11 +267,8 @@ def link(site: Settings, central: Settings) -> list[str]:
             (site_id, readings_subscription(site_id), meta_subscription(site_id)),
         )
         _ensure_role(c, site_role(site_id), CENTRAL_TABLES, say)
-        filtered = sql.SQL(", ").join(
-            sql.SQL("{} WHERE (site_id = {})").format(sql.Identifier(t), sql.Literal(site_id))
-            for t in CENTRAL_TABLES
-        )
-        _ensure_publication(c, commands_publication(site_id), filtered, "publish = 'insert'", say)
+        _ensure_publication(c, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES),
+                            "publish = 'insert'", say)
         to_site = conninfo_to(site, central, CENTRAL_ROLE)
         _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
         _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)
@@ -303,12 +326,9 @@ def resync(site: Settings, central: Settings) -> list[str]:
         newest = c.execute(
             "SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)
         ).fetchone()[0]  # type: ignore[index]
+        s.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE ").format(sql.Identifier(READINGS_PUBLICATION))
+                  + readings_table(site_id, newest))
         if newest is not None:
-            s.execute(
-                sql.SQL("ALTER PUBLICATION {} SET TABLE sensor_readings WHERE (time > {})").format(
-                    sql.Identifier(READINGS_PUBLICATION), sql.Literal(newest)
-                )
-            )
             say(f"readings publication narrowed to readings after {newest.isoformat()}")
         _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
         _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)

@@ -179,7 +179,8 @@ class BackupSettings(BaseModel):
 
 
 class UiSettings(BaseModel):
-    """The Streamlit app (`bacpipes ui`): on loopback unless told otherwise (put TLS in front of it)."""
+    """The Streamlit app (`bacpipes ui`): on loopback unless told otherwise; HTTPS with cert_file/key_file
+    (or a TLS proxy in front of it)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8501, ge=1, le=65535)
@@ -187,6 +188,18 @@ class UiSettings(BaseModel):
     stale_after_intervals: float = Field(3.0, gt=0)  # a value older than this many poll intervals is stale
     raw_max_days: float = Field(2.0, gt=0)  # longer trend ranges read the hourly rollup
     write_wait_s: float = Field(10.0, gt=0)  # how long a write from the app waits for the device's answer
+    # Nothing is shown before a login; kiosk = true lets anyone who reaches a *site's* app see Overview and
+    # Live without one (a wall display; never on central, never a write).
+    kiosk: bool = False
+    # HTTPS: the server's certificate (chain) and key, PEM; `bacpipes certs` makes a pair (or bring your own)
+    cert_file: str | None = None
+    key_file: str | None = None
+    # login throttling: this many failures for one name (or from one client address) within the window
+    # lock it for lockout_s; `bacpipes users unlock` lifts a lock early
+    login_failures: int = Field(5, ge=1)
+    login_address_failures: int = Field(20, ge=1)  # higher: people behind one NAT share an address
+    login_window_s: float = Field(900.0, gt=0)
+    lockout_s: float = Field(900.0, gt=0)
 
 
 class Settings(BaseSettings):

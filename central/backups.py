@@ -69,13 +69,24 @@ def dump_name(site_id: str, at: datetime) -> str:
     return f"{slug(site_id)}-{at.astimezone(UTC).strftime(_STAMP)}.dump"
 
 
+def _private_dir(directory: Path) -> None:
+    """The backup folder, created 0700; an existing one of ours is narrowed to 0700 (dumps hold password
+    hashes: nobody else may list or read them)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid == os.geteuid() and directory.stat().st_mode & 0o077:
+        directory.chmod(0o700)
+
+
 def dump(dsn: str, path: Path) -> Path:
-    """`pg_dump -Fc` of `dsn` into `path`, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """`pg_dump -Fc` of `dsn` into `path`, atomically, readable by its owner only (0600)."""
+    _private_dir(path.parent)
     partial = path.with_name(path.name + ".partial")
     conninfo, env = _command_env(dsn)
     try:
+        partial.unlink(missing_ok=True)  # made 0600 before pg_dump writes (it keeps an existing file's mode)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         _run([pg_binary("pg_dump"), "-Fc", "--file", str(partial), "--dbname", conninfo], env)
+        partial.chmod(0o600)
         partial.rename(path)
     finally:
         partial.unlink(missing_ok=True)

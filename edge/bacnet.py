@@ -394,7 +394,8 @@ class BacnetClient:
 
     def _mismatch(self, address: str, what: str) -> BadAnswer:
         self.counters[address].mismatched += 1
-        self._log(address, f"answer discarded: {what}")
+        self._log(address, "answers that do not match their request are discarded (counted in health)")
+        log.debug("device at %s: answer discarded: %s", address, what)
         return BadAnswer(f"answer discarded: {what}")
 
     def _undecodable(self, address: str, exc: BaseException | None, what: str | None = None) -> BadAnswer:

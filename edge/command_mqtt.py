@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 Intake = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
+class CommandMessage(bytes):
+    """A command message's bytes, marked when the broker delivered it as a retained message (the
+    executor refuses those). Bytes, so it passes through any intake that takes the payload alone.
+
+    MQTT 3.1.1 sets the flag only on a delivery caused by a new subscription (an agent start or
+    reconnect); a retained command published while the agent listens arrives unmarked, as a live one."""
+
+    retained: bool = False
+
+
 class CommandSubscriber:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, intake: Intake) -> None:
         self.settings = settings
@@ -87,7 +97,9 @@ class CommandSubscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
-        future = asyncio.run_coroutine_threadsafe(self.intake(bytes(msg.payload)), self.loop)
+        payload = CommandMessage(msg.payload)
+        payload.retained = bool(msg.retain)
+        future = asyncio.run_coroutine_threadsafe(self.intake(payload), self.loop)
         future.add_done_callback(_log_failure)
 
 

@@ -34,6 +34,8 @@ from edge.writes import Pending, Target, refusal, same_value, slot_value, wire_v
 log = logging.getLogger(__name__)
 
 RECONNECT_MAX_S = 30.0
+STARTUP_WAIT_S = 10.0  # how long a command arriving before the first database connection waits for it
+RETAINED_REFUSED = "retained commands are refused (send commands with retain off)"
 Result = dict[str, Any]
 
 _TARGET = """
@@ -48,7 +50,7 @@ WHERE p.site_id = %s AND p.point_id = %s
 
 _COMMAND_COLUMNS = (
     "c.id, c.point_id, c.command_type = 'release_priority' AS release, c.value, c.priority, c.source,"
-    " c.created_by, c.not_after"
+    " c.created_by, c.not_after, c.arrived"
 )
 
 _PENDING = f"""
@@ -70,6 +72,27 @@ ORDER BY x.at
 _EVENT = """
 INSERT INTO command_events (command_id, site_id, status, agent, detail, value_read, priority_array)
 VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING status
+"""
+
+# A message repeating a stored command's id: recorded as an attempt (never run again), with whether it is
+# the same command or another one reusing the id.
+_REPEATED = """
+INSERT INTO command_attempts (command_id, site_id, source, created_by, same_content, detail)
+SELECT c.id, %(site_id)s, %(source)s, %(created_by)s, s.same,
+       CASE WHEN s.same THEN 'arrived again: not run again (a command runs once)'
+            ELSE 'command id already used by another command: not run' END
+       || coalesce('; ' || %(problem)s::text, '')
+FROM write_commands c, LATERAL (
+    SELECT (c.point_id, c.command_type, c.value, c.priority) IS NOT DISTINCT FROM
+           (%(point_id)s::bigint, %(command_type)s::text, %(value)s::float8, %(priority)s::smallint)
+    AS same) s
+WHERE c.id = %(id)s
+"""
+
+_INSERT_REJECTED = f"""
+WITH c AS ({INSERT_COMMAND} RETURNING id, site_id)
+INSERT INTO command_events (command_id, site_id, status, agent, detail)
+SELECT id, site_id, 'rejected', %(agent)s, %(detail)s FROM c
 """
 
 
@@ -179,7 +202,8 @@ class Executor:
             return  # another agent has it
         try:
             await self.client.write(  # a priority means nothing to a point without a priority array
-                target.address, target.objid, "presentValue", wire_value(target, command.value),
+                target.address, target.objid, "presentValue",
+                wire_value(target, command.value, command.release),  # Null for any release
                 command.priority if target.commandable else None,
             )
         except (BacnetError, TimeoutError) as exc:
@@ -284,6 +308,17 @@ class Executor:
         )
         if await cur.fetchone() is None:
             return  # another agent recorded the outcome first
+        self._report(command, status, detail, value_read, slots)
+
+    def _report(
+        self,
+        command: Pending,
+        status: str,
+        detail: str | None,
+        value_read: float | None = None,
+        slots: list[float | None] | None = None,
+    ) -> None:
+        """Count, log and publish an outcome this agent recorded."""
         setattr(self, status, getattr(self, status) + 1)
         log.log(logging.INFO if status == "completed" else logging.WARNING,
                 "command %s on point %s: %s%s", command.id, command.point_id, status,
@@ -302,14 +337,32 @@ class Executor:
         """Store one `bacnet/write/command` message as a command (a malformed one as a rejected command).
 
         With the database away nothing can be stored or run: the sender gets a `failed` result at once.
+        A message the broker delivered as retained (`payload.retained`, see `edge.command_mqtt`) is stored
+        rejected: the broker hands a retained command to every new subscription, so it would run again
+        at each agent restart, long after whoever sent it stopped watching.
         """
-        command, problem = parse_mqtt_command(self.site_id, payload, created_by)
+        bare = Command(self.site_id, None, None, priority=None, source="mqtt", created_by=created_by,
+                       id=uuid.uuid4())  # all that is sure of a message that cannot be stored as sent
+        try:
+            command, problem = parse_mqtt_command(self.site_id, payload, created_by)
+        except (ValueError, OverflowError) as exc:  # e.g. an integer too large for a float
+            command, problem = bare, f"unreadable command: {exc}"
+        if getattr(payload, "retained", False):
+            problem = RETAINED_REFUSED + (f"; {problem}" if problem else "")
+        deadline = asyncio.get_running_loop().time() + STARTUP_WAIT_S
+        while self._conn is None and not self.ready.is_set() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # at start-up (a retained message comes at once): wait to store it
         try:
             if self._conn is None:
                 raise psycopg.OperationalError("no connection")
-            await self._conn.execute(INSERT_COMMAND, command_params(command))
+            try:
+                await self._store(command, problem)
+            except psycopg.DataError as exc:  # a NUL in a text, a number past its column's range
+                command, problem = bare, f"unstorable command: {str(exc).strip()}"
+                await self._store(command, problem)
         except psycopg.errors.UniqueViolation:
-            log.info("command %s arrived again; it runs once", command.id)
+            log.info("command %s arrived again; it runs once (attempt recorded)", command.id)
+            await self._conn.execute(_REPEATED, {**command_params(command), "problem": problem})
             return
         except psycopg.OperationalError as exc:
             log.warning("MQTT command %s not stored: database unavailable (%s)", command.id, exc)
@@ -317,10 +370,21 @@ class Executor:
                 self.on_result({"commandId": str(command.id), "pointId": command.point_id, "status": "failed",
                                 "error": "database unavailable: command not stored, not run"})
             return
-        if problem is not None:
-            await self._finish(_as_pending(command), "rejected", problem)
-        else:
+        if problem is None:
             self._wake.set()
+        else:
+            self._report(_as_pending(command), "rejected", problem)
+
+    async def _store(self, command: Command, problem: str | None) -> None:
+        """Insert the command; a refused one with its `rejected` event in the same statement, so no
+        executor's scan (this agent's or another's) ever finds it pending: a release that carried a
+        value is stored as a plain release, and would run."""
+        assert self._conn is not None
+        if problem is None:
+            await self._conn.execute(INSERT_COMMAND, command_params(command))
+        else:
+            await self._conn.execute(_INSERT_REJECTED, {**command_params(command), "agent": self.agent,
+                                                        "detail": problem})
 
 
 def _plain(exc: BaseException) -> str:
@@ -365,7 +429,10 @@ def parse_mqtt_command(site_id: str, payload: bytes, created_by: str) -> tuple[C
         release = False
     fields["release"] = release
     value = body.get("value")
-    if isinstance(value, (int, float)):  # JSON true/false count as 1/0 for binary points
+    if release and value is not None:  # stored as a release without it: a release row has no value
+        problems.append(f"a release carries no value: send \"release\": true or a value, not both "
+                        f"(value {value!r:.60})")
+    elif isinstance(value, (int, float)):  # JSON true/false count as 1/0 for binary points
         fields["value"] = float(value)
     elif value is not None:
         problems.append(f"value is not a number: {value!r:.60}")

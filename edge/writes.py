@@ -53,6 +53,7 @@ class Pending:
     source: str
     created_by: str
     not_after: datetime | None
+    arrived: str = "local"  # 'replication': sent by central, so remote whatever `source` says
 
 
 def refusal(
@@ -69,10 +70,17 @@ def refusal(
         return f"unknown point {command.point_id}: not a point of this site"
     if command.not_after is not None and now > command.not_after:
         return f"expired: it had to run by {command.not_after.isoformat(timespec='seconds')}"
-    if command.source not in LOCAL_SOURCES and authority != "remote":
-        return (
-            f"control authority is with the site (edge): {command.source} commands need a remote grant"
-        )
+    if authority != "remote":
+        # how the row arrived decides, not its own label: central may write any source it likes
+        if command.arrived != "local":
+            return (
+                f"control authority is with the site (edge): commands from central (arrived by "
+                f"{command.arrived}, labelled {command.source}) need a remote grant"
+            )
+        if command.source not in LOCAL_SOURCES:
+            return (
+                f"control authority is with the site (edge): {command.source} commands need a remote grant"
+            )
     priority = command.priority
     if priority is None or not 1 <= priority <= 16:
         return f"priority must be 1 to 16, not {priority}"
@@ -131,9 +139,12 @@ def _ml_refusal(command: Pending, target: Target, settings: WriteSettings) -> st
     return None
 
 
-def wire_value(target: Target, value: float | None) -> Any:
-    """The BACnet value to write: Null relinquishes; binary and multi-state take their own types."""
-    if value is None:
+def wire_value(target: Target, value: float | None, release: bool = False) -> Any:
+    """The BACnet value to write: Null relinquishes; binary and multi-state take their own types.
+
+    A release writes Null whatever value its row carries: a release is validated as a release (no
+    limits apply to Null), so a value riding along would reach the device unchecked."""
+    if release or value is None:
         return Null(())
     kind = target.object_type.split("-")[0]
     if kind == "binary":

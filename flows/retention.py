@@ -23,7 +23,8 @@ def _covers(partition: Partition, moment: datetime) -> bool:
 def check_retention(settings: Settings, days: int, enforce: bool) -> dict[str, Any]:
     now = datetime.now(UTC)
     with connect(settings.database.dsn, autocommit=True) as conn:
-        dropped = apply_retention(conn, days=days).dropped if enforce else {}
+        applied = apply_retention(conn, days=days) if enforce else None
+        dropped = applied.dropped if applied else {}
         parts = [p for p in list_partitions(conn) if not p.is_default]
         expired = [p.name for p in parts if p.upper is not None and p.upper <= now - timedelta(days=days)]
         ahead = [now + timedelta(days=k) for k in range(DEFAULT_DAYS_AHEAD)]
@@ -35,7 +36,7 @@ def check_retention(settings: Settings, days: int, enforce: bool) -> dict[str, A
             conn.execute("INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, 'retention',"
                          " 'warning', %s)", (settings.site.id, "; ".join(problems)))
     return {"days": days, "dropped": dropped, "expired": expired, "missing_ahead": missing,
-            "ok": not problems}
+            "rejects_deleted": applied.rejects_deleted if applied else 0, "ok": not problems}
 
 
 @flow(name="retention")

@@ -111,6 +111,8 @@ def first_run(folder: Path) -> dict:
     central = f"postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"
     run.wait_for(r"\d+ readings published", 30)  # a status line: the agent is publishing
     live = "SELECT count(*) FROM sensor_readings WHERE time > now() - interval '2 minutes'"
+    shadow = ("SELECT count(*) FROM inference_log WHERE mode = 'shadow'"
+              " AND setpoint IS NOT NULL AND command_id IS NULL")
     observed = {
         "site_readings": count(site, "SELECT count(*) FROM sensor_readings"),
         "central_readings": count(central, "SELECT count(*) FROM sensor_readings WHERE site_id = %s", SITE),
@@ -119,12 +121,12 @@ def first_run(folder: Path) -> dict:
         "site_shadow": count(site, "SELECT count(*) FROM model_deployments WHERE mode = 'shadow'"),
         "baselines": count(central, "SELECT count(*) FROM baseline_models WHERE meets_guideline_14"),
         "users": count(site, "SELECT count(*) FROM app_users WHERE username = 'demo' AND role = 'operator'"),
-        "shadow_decisions": count(site, "SELECT count(*) FROM inference_log WHERE mode = 'shadow'"
-                                        " AND setpoint IS NOT NULL AND command_id IS NULL"),
+        "shadow_decisions": count(site, shadow),
     }
-    deadline = time.monotonic() + 30  # the live readings reach central too
-    while count(central, live) == 0 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # the live readings reach central too; inference runs its first round
+    while (count(central, live) == 0 or observed["shadow_decisions"] < 3) and time.monotonic() < deadline:
         time.sleep(0.5)
+        observed["shadow_decisions"] = count(site, shadow)
     observed["central_live"] = count(central, live)
     elapsed = run.finish()
     return {"run": run, "url": url, "central_url": central_url, "password": password, "health": health,

@@ -39,7 +39,8 @@ def building(devices: int = 4) -> Iterator[ThreadedBuilding]:
 
 def settings_for(db_dsn: str, tmp_path: Path, targets: list[str] = TARGETS, history: bool = False):
     """Discovery imports history by itself unless told not to (then each test imports when it wants)."""
-    return make_settings(db_dsn, "mqtt://127.0.0.1:1", tmp_path, bacnet={"address": AGENT},
+    return make_settings(db_dsn, "mqtt://127.0.0.1:1", tmp_path,
+                         bacnet={"address": AGENT, "apdu_timeout_ms": 2000, "apdu_retries": 1},
                          discovery={"targets": targets, "import_history": history})
 
 
