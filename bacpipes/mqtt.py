@@ -1,7 +1,8 @@
 """One way to build an MQTT client, shared by the edge publisher, the ingester and the command listener.
 
-Every BacPipes component talks MQTT 3.1.1 to Mosquitto with the same URL syntax, credentials, TLS and
-reconnect policy; building the client in one place keeps them from drifting apart.
+Every BacPipes component talks MQTT 3.1.1 (the command listener: 5) to Mosquitto with the same URL
+syntax, credentials, TLS and reconnect policy; building the client in one place keeps them from drifting
+apart.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _tag(username: str, password: str, name: str) -> str:
 
 
 def make_client(
-    settings: MqttSettings, client_id: str, *, persistent: bool = False
+    settings: MqttSettings, client_id: str, *, persistent: bool = False, protocol: int = mqtt.MQTTv311
 ) -> mqtt.Client:
     """A configured, not yet connected client; connect with `connect_async` (see below).
 
@@ -86,13 +87,17 @@ def make_client(
     `persistent=True` asks the broker to keep the session (subscriptions and QoS>0 messages queued
     while we are away) — what a subscriber needs for at-least-once delivery. A pure publisher does
     not need it: its own spool is what survives.
+    `protocol=mqtt.MQTTv5` (the command listener, for its subscription options) gets a clean session:
+    with no session expiry interval at connect the broker drops the session when the connection ends.
     """
     _, _, tls = parse_mqtt_url(settings.url)  # fail on a bad URL before anything else happens
+    if protocol == mqtt.MQTTv5 and persistent:
+        raise ValueError("a persistent MQTT v5 session (a session expiry interval) is not supported here")
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id_for(settings, client_id),
-        clean_session=not persistent,
-        protocol=mqtt.MQTTv311,
+        clean_session=None if protocol == mqtt.MQTTv5 else not persistent,
+        protocol=protocol,
     )
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)

@@ -4,6 +4,9 @@ each outcome published to `bacnet/write/result`.
 A shared subscription (`$share/...`), so with two agents on one site the broker gives each command to
 one of them; the database claim would stop a double execution anyway, but not a double insert.
 The session is clean: a command sent while the agent was down is not run minutes later by surprise.
+MQTT v5, for the subscription option Retain As Published: every delivery of a message published
+retained keeps its retain flag, including one published while the agent listens (MQTT 3.1.1 clears it
+then), so every retained command is refused. Mosquitto honours the option on shared subscriptions too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bacpipes.contracts import topic_segment
 from bacpipes.mqtt import connect_async, make_client
@@ -30,11 +34,12 @@ Intake = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
 class CommandMessage(bytes):
-    """A command message's bytes, marked when the broker delivered it as a retained message (the
-    executor refuses those). Bytes, so it passes through any intake that takes the payload alone.
+    """A command message's bytes, marked when it was published retained (the executor refuses those).
+    Bytes, so it passes through any intake that takes the payload alone.
 
-    MQTT 3.1.1 sets the flag only on a delivery caused by a new subscription (an agent start or
-    reconnect); a retained command published while the agent listens arrives unmarked, as a live one."""
+    The subscription asks for Retain As Published (MQTT v5): without it the flag is set only on a
+    delivery caused by a new subscription, and a retained command published while the agent listens
+    would arrive unmarked, as a live one."""
 
     retained: bool = False
 
@@ -48,7 +53,7 @@ class CommandSubscriber:
         self.filter = f"$share/{group}/{settings.writes.command_topic}"
         self.received = 0
         self.subscribed = threading.Event()  # commands sent before this are not delivered (clean session)
-        self.client = make_client(settings.mqtt, f"{settings.mqtt.client_id}-commands")
+        self.client = make_client(settings.mqtt, f"{settings.mqtt.client_id}-commands", protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -79,7 +84,7 @@ class CommandSubscriber:
         if reason_code.is_failure:
             log.warning("broker refused the command subscriber: %s", reason_code)
             return
-        client.subscribe(self.filter, qos=1)
+        client.subscribe(self.filter, options=SubscribeOptions(qos=1, retainAsPublished=True))
         log.info("listening for write commands on %s", self.settings.writes.command_topic)
 
     def _on_subscribe(

@@ -337,9 +337,9 @@ class Executor:
         """Store one `bacnet/write/command` message as a command (a malformed one as a rejected command).
 
         With the database away nothing can be stored or run: the sender gets a `failed` result at once.
-        A message the broker delivered as retained (`payload.retained`, see `edge.command_mqtt`) is stored
-        rejected: the broker hands a retained command to every new subscription, so it would run again
-        at each agent restart, long after whoever sent it stopped watching.
+        A message published retained (`payload.retained`, see `edge.command_mqtt`) is stored rejected:
+        the broker hands a retained command to every new subscription, so it would run again at each
+        agent restart, long after whoever sent it stopped watching.
         """
         bare = Command(self.site_id, None, None, priority=None, source="mqtt", created_by=created_by,
                        id=uuid.uuid4())  # all that is sure of a message that cannot be stored as sent

@@ -180,6 +180,40 @@ def test_a_retained_command_is_refused_and_never_run_by_a_restarted_agent(buildi
     assert building.object_property(1001, SETPOINT, "presentValue") == 24.0
 
 
+
+def test_a_retained_command_published_while_the_agent_listens_is_refused(building, db_dsn, broker, tmp_path):
+    """Under MQTT 3.1.1 the broker clears the retain flag on a delivery to an existing subscription, so a
+    retained command published while the agent listened ran once. The listener subscribes with Retain As
+    Published (MQTT v5, on its shared subscription): refused and audited, the device untouched, and a
+    normal command right after still runs and gets its result."""
+    settings = agent_settings(db_dsn, broker.url, tmp_path)
+    discover_site(settings)
+    sp = setpoint_id(db_dsn)
+    topic = settings.writes.command_topic
+    results = Collector(broker.url, settings.writes.result_topic, persistent=False)
+    try:
+        with ready_agent(settings):
+            retained = str(uuid.uuid4())
+            publish(broker.url, topic, {"pointId": sp, "value": 19.0, "priority": 9, "commandId": retained},
+                    retain=True)
+            result = result_for(results, retained)
+            assert result["status"] == "rejected", result
+            assert "retained commands are refused" in result["error"]
+            audit = wait_outcome(db_dsn, uuid.UUID(retained))
+            assert audit["status"] == "rejected"
+            assert "retained commands are refused" in audit["error_message"]
+            time.sleep(0.5)  # a command that ran would have reached the device by now
+            assert slots(building)[8] is None
+
+            live = str(uuid.uuid4())
+            publish(broker.url, topic, {"pointId": sp, "value": 21.0, "priority": 9, "commandId": live})
+            assert result_for(results, live)["status"] == "completed"
+            assert wait_outcome(db_dsn, uuid.UUID(live))["status"] == "completed"
+            assert slots(building)[8] == 21.0
+    finally:
+        results.close()
+
+
 # --- replication: 2. authority by arrival, 3. a site's own rows only ----------------------------------
 
 
