@@ -33,6 +33,8 @@ from tests.conftest import fresh_database, make_settings
 from tests.edge_harness import AgentThread
 
 HEALTHY = "127.0.0.160"
+PORT = 47809  # not 47808: the suite's broadcast Who-Is tests may run beside this benchmark
+TARGETS = [f"{HEALTHY}-127.0.0.162:{PORT}", f"127.0.0.165-127.0.0.169:{PORT}"]
 PEERS = {
     "127.0.0.165": (7165, {"no_rpm": True, "replay_window_s": 30, "analog_inputs": 20}),
     "127.0.0.166": (7166, {"late_every": 20, "late_s": 2.0}),
@@ -46,14 +48,13 @@ def run(minutes: float, interval: float) -> None:
     with tempfile.TemporaryDirectory() as tmp, fresh_database() as dsn:
         broker = MosquittoBroker(Path(tmp) / "broker")
         broker.start()
-        peers = [BacpyPeer(a, d, **cfg).start() for a, (d, cfg) in PEERS.items()]
+        peers = [BacpyPeer(a, d, port=PORT, **cfg).start() for a, (d, cfg) in PEERS.items()]
         try:
-            with ThreadedBuilding(devices=3, address_base=HEALTHY, seed=5, speed=0) as building:
+            with ThreadedBuilding(devices=3, address_base=HEALTHY, seed=5, speed=0, port=PORT) as building:
                 settings = make_settings(
                     dsn, broker.url, Path(tmp),
                     bacnet={"address": "127.0.0.100/8:47930", "apdu_timeout_ms": 1000, "apdu_retries": 1},
-                    discovery={"targets": ["127.0.0.160-127.0.0.162", "127.0.0.165-127.0.0.169"],
-                               "timeout_s": 2.0},
+                    discovery={"timeout_s": 2.0, "targets": TARGETS},
                     polling={"default_interval_s": interval, "max_backoff_s": 30},
                 )  # fmt: skip
                 agent = AgentThread(settings, discover_first=True).start()
@@ -128,6 +129,21 @@ def _report(dsn: str, start: float, end: float, interval: float, alive: float, h
           f"mean {sum(in_window) / len(in_window) / slots:.1%}")
     print(f"readings stored per device: {per_device}")
     print(f"misattributed readings: virtual devices {len(wrong_sim)}, bac-py peers {len(wrong_peers)}")
+    if wrong_sim:
+        _explain(dsn, wrong_sim, served)
+
+
+def _explain(dsn: str, wrong: list[tuple], served: dict) -> None:
+    """When, and how often, each unexpected value was stored, next to what the device serves now."""
+    with psycopg.connect(dsn) as conn:
+        for d, t, i, v in wrong[:20]:
+            first, last, n = conn.execute(
+                "SELECT min(r.time), max(r.time), count(*) FROM sensor_readings r"
+                " JOIN point p USING (site_id, point_id)"
+                " WHERE p.device_id = %s AND p.object_type = %s AND p.object_instance = %s AND r.value = %s",
+                (d, t, i, v),
+            ).fetchone()
+            print(f"  {d} {t},{i}: {v} x{n} ({first:%H:%M:%S}-{last:%H:%M:%S}); serves {served[(d, t, i)]}")
 
 
 def main() -> None:
