@@ -176,6 +176,9 @@ class AlertSettings(BaseModel):
 class BackupSettings(BaseModel):
     dir: str = "var/backups"
     keep_days: int = Field(7, ge=1)
+    # `flows serve` runs the daily backup; off where an administrator's job makes them (deploy/: pg_dump
+    # reads every table, password hashes included, which the flows' own database role may not)
+    scheduled: bool = True
 
 
 class UiSettings(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import serve
 
+from bacpipes.settings import load_settings
 from flows.ml import ab_flow, baseline_flow, train_flow
 from flows.ops import alerts_flow, backup_flow
 from flows.retention import retention_flow
@@ -23,9 +24,11 @@ SCHEDULES = {
 }
 
 
-def deployments(config: str | None, central: bool = False) -> list[Any]:
+def deployments(config: str | None, central: bool = False, backup: bool = True) -> list[Any]:
     out = []
     for name, (flow, cron) in SCHEDULES.items():
+        if name == "backup" and not backup:
+            continue
         parameters: dict[str, Any] = {"config": config}
         if name == "retention":
             parameters["central"] = central
@@ -36,4 +39,4 @@ def deployments(config: str | None, central: bool = False) -> list[Any]:
 
 
 def serve_all(config: str | None, central: bool = False) -> None:
-    serve(*deployments(config, central))
+    serve(*deployments(config, central, load_settings(config).backups.scheduled))

@@ -26,6 +26,11 @@ def test_every_flow_has_its_schedule_and_the_config() -> None:
     assert built["bacpipes-alerts"].parameters["central"] is True
 
 
+def test_backup_left_out_where_an_administrator_job_makes_them() -> None:
+    built = {d.name for d in deployments("/etc/bacpipes/central.toml", central=True, backup=False)}
+    assert built == {f"bacpipes-{name}" for name in SCHEDULES} - {"bacpipes-backup"}
+
+
 def test_alerts_on_a_site_let_the_database_decide() -> None:
     built = {d.name: d for d in deployments("/etc/bacpipes/site.toml")}
     assert built["bacpipes-alerts"].parameters == {"config": "/etc/bacpipes/site.toml", "central": None}
