@@ -15,14 +15,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from bacpypes3.apdu import ErrorRejectAbortNack, ReadRangeACK, ReadRangeRequest
+from bacpypes3.apdu import ReadRangeACK, ReadRangeRequest
 from bacpypes3.basetypes import LogRecord, Range, RangeByPosition, RangeBySequenceNumber
 from bacpypes3.constructeddata import ListOf
-from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from bacpipes.db import connect
@@ -30,6 +28,8 @@ from bacpipes.partitions import create_partition
 from bacpipes.settings import Settings
 from bacpipes.staging import move_staged
 from edge.bacnet import BacnetClient, BacnetError, describe_error, gather_limited
+from edge.catalog import PollDevice
+from edge.polling import quality_from_flags
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ _BUFFER = ListOf(LogRecord)
 _RECORD_BYTES = 24  # one REAL record with status flags, encoded (22), plus slack
 _ACK_OVERHEAD = 40  # a ReadRange-ACK around its records (measured 26), plus slack
 _NUMERIC = ("realValue", "unsignedValue", "signedValue", "enumValue", "booleanValue")
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryDevice:
-    device_id: int
-    address: str
-    max_apdu: int
-    segmentation: str
 
 
 @dataclass(slots=True)
@@ -86,7 +78,7 @@ class Reading:
 # -- the device side ------------------------------------------------------------------------------
 
 
-async def trend_logs(client: BacnetClient, dev: HistoryDevice) -> list[int]:
+async def trend_logs(client: BacnetClient, dev: PollDevice) -> list[int]:
     """Instances of the device's trend-log objects, from its object list."""
     objects = await client.object_list(dev.address, dev.device_id)
     return sorted(int(o[1]) for o in objects if str(o[0]) == TREND_LOG)
@@ -98,8 +90,8 @@ async def read_range(
 ) -> tuple[list[LogRecord], bool, int | None]:
     """One ReadRange of logBuffer: (records, more-items, first sequence number).
 
-    bacpypes3's errors derive from BaseException and its decode errors are ordinary exceptions of any
-    kind: both become `BacnetError`, and the answer is checked against the question.
+    Sent through the client (the device's own invoke ids, bounded wait, errors as `BacnetError`); decode
+    errors of any kind become `BacnetError` too, and the answer is checked against the question.
     """
     oid = ObjectIdentifier((TREND_LOG, log_instance))
     request = ReadRangeRequest(objectIdentifier=oid, propertyIdentifier="logBuffer")
@@ -109,13 +101,7 @@ async def read_range(
         )
     else:
         request.range = Range(byPosition=RangeByPosition(referenceIndex=position or 1, count=count))
-    request.pduDestination = Address(address)
-    try:
-        ack = await client.app.request(request)
-    except ErrorRejectAbortNack as exc:
-        raise BacnetError(describe_error(exc)) from None
-    if isinstance(ack, BaseException):
-        raise BacnetError(describe_error(ack))
+    ack = await client.request(address, request)
     if not isinstance(ack, ReadRangeACK):
         raise BacnetError(f"unexpected answer to ReadRange: {type(ack).__name__}")
     try:
@@ -135,7 +121,7 @@ async def read_range(
 
 
 async def read_log(
-    client: BacnetClient, dev: HistoryDevice, log_instance: int, after_sequence: int | None
+    client: BacnetClient, dev: PollDevice, log_instance: int, after_sequence: int | None
 ) -> tuple[list[tuple[int | None, LogRecord]], str | None]:
     """Every record newer than `after_sequence` (all of them when None), page by page.
 
@@ -205,19 +191,8 @@ def to_reading(seq: int | None, record: LogRecord, tz: ZoneInfo) -> Reading | No
     if 255 in (year, month, day, hour, minute) or month > 12:
         return None  # an unspecified date or time: no instant to file it under
     local = datetime(year + 1900, month, day, hour, minute, second % 60, (hundredth % 100) * 10000, tzinfo=tz)
-    return Reading(local, value, _quality(record.statusFlags), seq)
-
-
-def _quality(flags: Any) -> str:
-    """Status flags [in-alarm, fault, overridden, out-of-service]; a record without them is good."""
-    if flags is None:
-        return "good"
-    bits = [*flags, 0, 0, 0, 0]
-    if bits[1]:
-        return "bad"
-    if bits[2] or bits[3]:
-        return "uncertain"
-    return "good"
+    flags = record.statusFlags  # a record without status flags is good
+    return Reading(local, value, "good" if flags is None else quality_from_flags(flags), seq)
 
 
 # -- the database side ----------------------------------------------------------------------------
@@ -256,14 +231,14 @@ ON CONFLICT (site_id, device_id, log_instance) DO UPDATE SET
 """
 
 
-def load_devices(conn: psycopg.Connection, site_id: str, device: int | None) -> list[HistoryDevice]:
+def load_devices(conn: psycopg.Connection, site_id: str, device: int | None) -> list[PollDevice]:
     rows = conn.execute(
         "SELECT device_id, address, coalesce(max_apdu, 480), coalesce(segmentation, 'no-segmentation')"
         " FROM device WHERE site_id = %s AND missing_since IS NULL AND (%s::int IS NULL OR device_id = %s)"
         " ORDER BY device_id",
         (site_id, device, device),
     ).fetchall()
-    return [HistoryDevice(*r) for r in rows]
+    return [PollDevice(*r) for r in rows]
 
 
 def store(
@@ -311,7 +286,7 @@ def record_state(
 
 
 async def import_log(
-    client: BacnetClient, settings: Settings, dev: HistoryDevice, log_instance: int,
+    client: BacnetClient, settings: Settings, dev: PollDevice, log_instance: int,
     points: dict[tuple[int, str, int], int], resume: dict[tuple[int, int], int | None],
     since: datetime | None,
 ) -> LogImport:
@@ -361,7 +336,7 @@ async def import_log(
 
 
 async def import_device(
-    client: BacnetClient, settings: Settings, dev: HistoryDevice,
+    client: BacnetClient, settings: Settings, dev: PollDevice,
     points: dict[tuple[int, str, int], int], resume: dict[tuple[int, int], int | None],
     since: datetime | None, known: list[int] | None = None,
 ) -> list[LogImport] | str:
