@@ -19,11 +19,10 @@ from bacpypes3.primitivedata import ObjectIdentifier
 from bacpipes.points import update_points
 from bacpipes.settings import BacnetSettings, Settings
 from edge.bacnet import BacnetClient, make_application
-from edge.discovery import discover
 from edge.polling import plain_value
 from sim.server import ThreadedBuilding, _run
 from tests.conftest import make_settings
-from tests.edge_harness import running_agent
+from tests.edge_harness import discover_site, running_agent
 
 BASE = "127.0.0.46"
 TARGETS = ["127.0.0.46-127.0.0.47"]
@@ -53,17 +52,6 @@ def cov_settings(db_dsn: str, url: str, tmp_path: Path, **cov: Any) -> Settings:
         bacnet={"address": AGENT},
         cov={"check_interval_s": 3600.0, **cov},  # no check poll in a test's time: what arrives came by COV
     )
-
-
-def run_discovery(settings: Settings) -> None:
-    async def main() -> None:
-        client = BacnetClient.open(settings.bacnet)
-        try:
-            await discover(client, settings)
-        finally:
-            client.close()
-
-    asyncio.run(main())
 
 
 def use_cov(settings: Settings, device: int, confirmed: str = "default") -> dict[int, tuple[str, int]]:
@@ -200,10 +188,10 @@ def test_the_virtual_building_serves_cov_for_every_object_type():
 def test_readings_arrive_by_cov_confirmed_and_not_and_poll_points_are_unaffected(db_dsn, broker, tmp_path):
     settings = cov_settings(db_dsn, broker.url, tmp_path)
     with building() as b:
-        run_discovery(settings)
+        discover_site(settings)
         use_cov(settings, 1001)
         update_points(settings, device=1001, object_type="analog-value", cov_confirmed="on")
-        run_discovery(settings)  # rediscovery keeps the operator's choice
+        discover_site(settings)  # rediscovery keeps the operator's choice
         cov_points = cov_points_of(settings, 1001)
         served = b.snapshot()
         ids = list(cov_points)
@@ -245,7 +233,7 @@ def test_readings_arrive_by_cov_confirmed_and_not_and_poll_points_are_unaffected
 def test_a_subscription_is_renewed_before_its_lifetime_ends(db_dsn, broker, tmp_path):
     settings = cov_settings(db_dsn, broker.url, tmp_path, lifetime_s=3, renew_fraction=0.5)
     with building(devices=1) as b:
-        run_discovery(settings)
+        discover_site(settings)
         cov_points = use_cov(settings, 1001)
         setpoint = next(p for p, o in cov_points.items() if o == ("analog-value", 1))
         with running_agent(settings, discover_first=False) as agent:
@@ -261,7 +249,7 @@ def test_a_subscription_is_renewed_before_its_lifetime_ends(db_dsn, broker, tmp_
 def test_a_restarted_device_is_subscribed_again(db_dsn, broker, tmp_path):
     settings = cov_settings(db_dsn, broker.url, tmp_path)  # lifetime 300 s: renewal does not do it here
     with building(devices=1) as b:
-        run_discovery(settings)
+        discover_site(settings)
         cov_points = use_cov(settings, 1001)
         setpoint = next(p for p, o in cov_points.items() if o == ("analog-value", 1))
         with running_agent(settings, discover_first=False) as agent:
@@ -281,7 +269,7 @@ def test_a_restarted_device_is_subscribed_again(db_dsn, broker, tmp_path):
 def test_a_device_refusing_cov_is_polled_and_says_why(db_dsn, broker, tmp_path):
     settings = cov_settings(db_dsn, broker.url, tmp_path)
     with building() as b:
-        run_discovery(settings)
+        discover_site(settings)
         refused = use_cov(settings, 1002)
         accepted = use_cov(settings, 1001)
         refuse_cov(b, 1002)
