@@ -135,6 +135,8 @@ class MlSettings(BaseModel):
     candidate_step_c: float = Field(0.5, gt=0)
     stale_after_s: float = Field(1800.0, gt=0)  # inputs older than this: no decision, no write
     release_after_s: float = Field(3600.0, gt=0)  # no good decision for this long: give the ML priority back
+    # where the training flow writes exported ONNX files (git-ignored: var/ is; never the source tree)
+    models_dir: str = "var/models"
 
 
 class CentralSettings(BaseModel):

@@ -15,10 +15,11 @@ import polars as pl
 import psycopg
 
 from bacpipes.db import connect
-from bacpipes.features import ROLES
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
 
+# the points a zone needs, named as `models.features` expects its input columns (a test keeps them equal)
+ROLES = ("zone_temp", "cooling_setpoint", "energy_kw", "occupancy", "outdoor_temp")
 SUFFIXES = {
     "zone_temp": "ZN-T", "cooling_setpoint": "ZN-CLG-SP", "energy_kw": "CLG-KW", "occupancy": "OCC-PCT",
 }

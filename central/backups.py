@@ -20,7 +20,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bacpipes.db import connect, ensure_database
-from bacpipes.embedded import find_pg_bin
+from bacpipes.pg_binaries import find_pg_bin
 from bacpipes.replication import slug
 from bacpipes.settings import Settings
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import psycopg
 from psycopg.types.json import Jsonb
 
-from central.training import read_metadata
+from models.setpoint import read_metadata
 
 MODES = ("shadow", "active", "off")
 
 
 def register(conn: psycopg.Connection, name: str, version: str, path: Path, created_by: str) -> str:
-    """Store the ONNX file (exported and parity-checked by central.training.export); returns its sha256."""
+    """Store the ONNX file (exported and parity-checked by models.setpoint.export); returns its sha256."""
     data = path.read_bytes()
     metadata = read_metadata(path)
     metrics = json.loads(metadata.get("metrics", "{}"))

@@ -52,6 +52,7 @@ from bacpypes3.primitivedata import (
 from bacpypes3.vendor import get_vendor_info
 
 import bacpipes.bacpypes_speedup  # noqa: F401  (patches bacpypes3 on import)
+from bacpipes.catalogue import PeerInfo
 from bacpipes.settings import BacnetSettings
 
 log = logging.getLogger(__name__)
@@ -78,17 +79,6 @@ class BadAnswer(BacnetError):
 
 _ASHRAE = get_vendor_info(0)
 _NUMERIC = (Real, Double, Unsigned, Integer, Enumerated, Boolean)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """What an I-Am tells us about a device: where it is and how big a request it takes."""
-
-    device_id: int
-    address: str
-    max_apdu: int
-    segmentation: str
-    vendor_id: int
 
 
 def rpm_batch_size(max_apdu: int, bytes_per_object: int = _RPM_RESPONSE_PER_OBJECT) -> int:

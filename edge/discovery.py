@@ -13,25 +13,28 @@ from typing import Any
 
 from bacpypes3.primitivedata import ObjectIdentifier
 
+from bacpipes.catalogue import (
+    SKIP_TYPES,
+    DiscoveredDevice,
+    DiscoveredPoint,
+    PeerInfo,
+    is_writable,
+    record_discovery,
+)
 from bacpipes.settings import Settings
 from edge.bacnet import (
     BacnetClient,
     BacnetError,
     NoResponse,
-    PeerInfo,
     describe_error,
     expand_targets,
     gather_limited,
     rpm_batch_size,
 )
-from edge.catalog import DiscoveredDevice, DiscoveredPoint, record_discovery
 from edge.trendlog import HistoryReport, import_history
 
 log = logging.getLogger(__name__)
 
-# trend logs are history to import (edge.trendlog), not points to poll
-_SKIP_TYPES = {"device", "network-port", "trend-log", "trend-log-multiple"}
-_VALUE_TYPES = {"analog-value", "binary-value", "multi-state-value"}
 _ANALOG_TYPES = {"analog-input", "analog-output", "analog-value"}
 _OBJECT_PROPS = ("object-name", "description", "units", "priority-array")
 # what a controller says about an analog point's range and precision: default write limits, COV tuning
@@ -84,7 +87,7 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
     )
     listed = await client.object_list(peer.address, peer.device_id)
     device.trend_logs = sorted(int(o[1]) for o in listed if _type_name(o) == "trend-log")
-    objects = [o for o in listed if _type_name(o) not in _SKIP_TYPES]
+    objects = [o for o in listed if _type_name(o) not in SKIP_TYPES]
     details = await _read_props(client, peer, objects, _OBJECT_PROPS)
     analog = [o for o in objects if _type_name(o) in _ANALOG_TYPES]
     for oid, limits in (await _read_props(client, peer, analog, _ANALOG_PROPS)).items():
@@ -101,7 +104,7 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
                 description=_text(attrs.get("description")),
                 units=_text(attrs.get("units")),
                 commandable=commandable,
-                writable=commandable or object_type in _VALUE_TYPES,
+                writable=is_writable(object_type, commandable),
                 device_min_value=_number(attrs.get("min-pres-value")),
                 device_max_value=_number(attrs.get("max-pres-value")),
                 resolution=_number(attrs.get("resolution")),

@@ -23,10 +23,10 @@ import psycopg
 
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
-from bacpipes.features import build_features
-from bacpipes.policy import best_setpoint, candidates
 from bacpipes.settings import Settings
 from bacpipes.zones import Zone, find_zones, zone_frame
+from models.features import build_features
+from models.policy import best_setpoint, candidates
 
 log = logging.getLogger(__name__)
 

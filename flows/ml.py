@@ -18,14 +18,15 @@ from prefect import flow, get_run_logger, task
 from psycopg.types.json import Jsonb
 
 from bacpipes.db import connect
-from bacpipes.features import build_features
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
-from central.ab import Period, PeriodResult, evaluate, publish_schedule, score, switchback
-from central.baseline import fit_baseline, metrics
-from central.closed_loop import closed_loop
+from central.ab import publish_schedule, score
 from central.registry import deploy, register, rollback
-from central.training import export, train
+from models.ab import Period, PeriodResult, evaluate, switchback
+from models.baseline import fit_baseline, metrics
+from models.features import build_features
+from models.setpoint import export, train
+from sim.closed_loop import closed_loop
 
 
 def _window(days: int, end: datetime | None) -> tuple[datetime, datetime]:
@@ -92,7 +93,7 @@ def export_register_and_deploy(settings: Settings, features: pl.DataFrame, model
 
 @flow(name="train")
 def train_flow(
-    config: str | None = None, days: int = 30, end: datetime | None = None, models_dir: str = "models",
+    config: str | None = None, days: int = 30, end: datetime | None = None, models_dir: str | None = None,
     version: str | None = None, mode: str = "shadow",
 ) -> dict[str, Any]:
     """Train on the last `days` days, export to ONNX (parity-checked), register, and deploy in `mode`."""
@@ -101,7 +102,8 @@ def train_flow(
     every = timedelta(seconds=settings.ml.interval_s)
     features = training_set(settings, start, stop, every)
     version = version or datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    result = export_register_and_deploy(settings, features, Path(models_dir), version, mode)
+    folder = Path(models_dir or settings.ml.models_dir)  # [ml] models_dir unless the caller names one
+    result = export_register_and_deploy(settings, features, folder, version, mode)
     get_run_logger().info("trained %s@%s on %d rows: %s", settings.ml.model, version, features.height,
                           result["metrics"])
     return result
@@ -137,7 +139,7 @@ def ab_flow(config: str | None = None, start: datetime | None = None, days: int 
 
 @flow(name="closed-loop")
 def closed_loop_flow(days: float = 14, zones: int = 3, seed: int = 11) -> dict[str, Any]:
-    """Baseline vs the exported model on two identical virtual buildings (see central.closed_loop)."""
+    """Baseline vs the exported model on two identical virtual buildings (see sim.closed_loop)."""
     report = closed_loop(days=days, zones=zones, seed=seed)
     get_run_logger().info("closed loop over %g days: %s", days, report.summary())
     return {"savings": report.savings, "baseline": report.baseline.__dict__, "ml": report.ml.__dict__,

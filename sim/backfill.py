@@ -57,13 +57,18 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from bacpipes.catalogue import (
+    SKIP_TYPES,
+    DiscoveredDevice,
+    DiscoveredPoint,
+    PeerInfo,
+    is_writable,
+    record_discovery,
+)
 from bacpipes.db import connect
 from bacpipes.partitions import create_partition
 from bacpipes.settings import Settings
 from bacpipes.staging import move_staged
-from edge.bacnet import PeerInfo
-from edge.catalog import DiscoveredDevice, DiscoveredPoint, record_discovery
-from edge.discovery import _SKIP_TYPES, _VALUE_TYPES
 from sim.devices import VENDOR_NAME, SimDevice, plant_points, zone_points
 from sim.physics import STEP_S, Building, Zone
 from sim.server import device_addresses
@@ -150,7 +155,7 @@ def _readers(dev: SimDevice) -> list[tuple[tuple[int, str, int], Reader, bool]]:
     out: list[tuple[tuple[int, str, int], Reader, bool]] = []
     for obj in dev.objects[2:]:
         otype, inst = str(obj.objectIdentifier[0]), int(obj.objectIdentifier[1])
-        if otype in _SKIP_TYPES:  # trend logs: no present value to backfill
+        if otype in SKIP_TYPES:  # trend logs: no present value to backfill
             continue
         reader: Reader
         if obj is dev.fan_status:
@@ -212,7 +217,7 @@ def discovered_device(dev: SimDevice) -> DiscoveredDevice:
     )
     for obj in dev.objects:
         otype = str(obj.objectIdentifier[0])
-        if otype in _SKIP_TYPES:
+        if otype in SKIP_TYPES:
             continue
         commandable = getattr(obj, "priorityArray", None) is not None
         found.points.append(
@@ -223,7 +228,7 @@ def discovered_device(dev: SimDevice) -> DiscoveredDevice:
                 description=_text(getattr(obj, "description", None)),
                 units=_text(getattr(obj, "units", None)),
                 commandable=commandable,
-                writable=commandable or otype in _VALUE_TYPES,
+                writable=is_writable(otype, commandable),
             )
         )
     return found

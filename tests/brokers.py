@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bacpipes.embedded import MosquittoBroker as _Broker
-from bacpipes.embedded import find_mosquitto, free_port
+from bacpipes.cli.servers import MosquittoBroker as _Broker
+from bacpipes.cli.servers import find_mosquitto, free_port
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.settings import MqttSettings
 
@@ -25,7 +25,7 @@ __all__ = ["MOSQUITTO", "Collector", "MosquittoBroker", "Received", "free_port"]
 
 
 class MosquittoBroker(_Broker):
-    """A private mosquitto on 127.0.0.1, configured for lossless tests (`bacpipes.embedded`, shared with
+    """A private mosquitto on 127.0.0.1, configured for lossless tests (`bacpipes.cli.servers`, shared with
     `bacpipes demo`): deploy/mosquitto.conf's queue and size bounds, 1000 in flight, persistence across
     `restart()`."""
 

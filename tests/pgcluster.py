@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster a test owns, so it can really stop the database and start it again.
 
 The shared server on 5432 cannot be stopped by one test without breaking the others. The cluster is
-`bacpipes.embedded.PostgresCluster` (the same code `bacpipes demo` runs its databases with) in a temp
+`bacpipes.cli.servers.PostgresCluster` (the same code `bacpipes demo` runs its databases with) in a temp
 dir: as root the server binaries run as `postgres` (runuser) in a directory that user owns. Extra `-c`
 settings (e.g. wal_level=logical for replication tests) go to `settings`.
 """
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from bacpipes.embedded import SERVER_USER, PostgresCluster, find_pg_bin
+from bacpipes.cli.servers import SERVER_USER, PostgresCluster, find_pg_bin
 
 _found = find_pg_bin()
 PG_BIN = Path(os.environ.get("BACPIPES_PG_BIN") or (_found[0] if _found else "/usr/lib/postgresql/15/bin"))

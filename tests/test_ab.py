@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from bacpipes.settings import load_settings
-from central.ab import PeriodResult, discomfort_kh, evaluate, switchback
 from central.registry import deploy, register
 from flows.ml import ab_flow, ab_plan_flow, baseline_flow
+from models.ab import PeriodResult, discomfort_kh, evaluate, switchback
 from sim.backfill import backfill
 from tests.test_flows import config
 from tests.test_inference import onnx_model  # noqa: F401  (a trained model)

@@ -16,16 +16,17 @@ import psycopg
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bacpipes.embedded import free_port
-from bacpipes.features import build_features
+from bacpipes.cli.servers import free_port
 from bacpipes.replication import heartbeat
 from bacpipes.settings import load_settings
 from bacpipes.users import add_user
 from bacpipes.zones import find_zones, zone_frame
-from central.ab import publish_schedule, switchback
+from central.ab import publish_schedule
 from central.registry import deploy, register
-from central.training import export, train
 from flows.ml import fit_and_store_baseline
+from models.ab import switchback
+from models.features import build_features
+from models.setpoint import export, train
 from sim.backfill import backfill
 from sim.server import ThreadedBuilding
 from tests.conftest import fresh_database

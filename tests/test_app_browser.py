@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from bacpipes.embedded import free_port
+from bacpipes.cli.servers import free_port
 from bacpipes.users import add_user
 from edge.writes import slot_value
 from sim.server import ThreadedBuilding

@@ -24,8 +24,8 @@ from streamlit.testing.v1 import AppTest
 
 from bacpipes import certs
 from bacpipes.cli import main
+from bacpipes.cli.servers import free_port
 from bacpipes.commands import Command, insert_command
-from bacpipes.embedded import free_port
 from bacpipes.users import add_user
 from tests.conftest import fresh_database
 

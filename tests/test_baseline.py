@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from central.baseline import (
+from models.baseline import (
     BaselineModel,
     avoided_energy,
     fit_baseline,

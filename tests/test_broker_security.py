@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from bacpipes.embedded import MosquittoBroker as EmbeddedBroker
+from bacpipes.cli.servers import MosquittoBroker as EmbeddedBroker
 from bacpipes.settings import load_settings
 from edge.command_mqtt import CommandSubscriber
 from edge.ingest import MAX_BATCH_PAYLOAD
@@ -55,7 +55,7 @@ def site_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 @pytest.fixture(params=["deploy", "demo"])
 def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[MosquittoBroker, bool]]:
-    """The site's broker (deploy/, with users) and the demo's (bacpipes.embedded, anonymous on loopback)."""
+    """The site's broker (deploy/, with users) and the demo's (bacpipes.cli.servers, anonymous, loopback)."""
     if request.param == "deploy":
         broker, auth = deploy_broker(tmp_path), True
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from central.closed_loop import closed_loop, run
 from flows.ml import closed_loop_flow
+from sim.closed_loop import closed_loop, run
 
 
 def test_same_seed_same_building_and_baseline_control_is_comfortable() -> None:

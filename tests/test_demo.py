@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from bacpipes.embedded import listening
+from bacpipes.cli.servers import listening
 
 pytestmark = pytest.mark.timeout(400)
 

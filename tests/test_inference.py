@@ -12,13 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bacpipes.features import build_features
 from bacpipes.settings import Settings, load_settings
-from central.ab import Period, publish_schedule
+from central.ab import publish_schedule
 from central.registry import deploy as deploy_model
 from central.registry import register, rollback
-from central.training import export, train
 from edge.inference import EdgeInference
+from models.ab import Period
+from models.features import build_features
+from models.setpoint import export, train
 from sim.server import ThreadedBuilding
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, running_agent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bacpipes.policy import candidates, choose
+from models.policy import candidates, choose
 
 
 def test_candidates_respect_the_limits_and_the_step_from_the_present_setpoint() -> None:

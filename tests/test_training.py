@@ -12,8 +12,8 @@ import onnx
 import polars as pl
 import pytest
 
-from bacpipes.features import FEATURES, TARGETS, build_features, with_setpoint
-from central.training import ParityError, check_parity, export, read_metadata, train
+from models.features import FEATURES, TARGETS, build_features, with_setpoint
+from models.setpoint import ParityError, check_parity, export, read_metadata, train
 
 START = datetime(2026, 6, 1, tzinfo=UTC)  # a Monday
 

@@ -10,7 +10,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from central.ab import Period, evaluate, score
+from central.ab import score
+from models.ab import Period, evaluate
 from streamlit_app import queries
 from streamlit_app.context import current_site, database, require_login, settings, shown_errors
 

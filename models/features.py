@@ -1,7 +1,7 @@
 """The one feature builder: training on central and inference on the edge call the same function, so a
 model never sees features computed two different ways.
 
-Input is one zone's readings on a regular grid (`every` apart), columns named by role (ROLES); output is
+Input is one zone's readings on a regular grid (`every` apart), columns named by role (INPUTS); output is
 one row per instant with the features known at that instant and, for training, the targets one step
 ahead. Time of week is encoded as sine/cosine pairs (smooth, 4 numbers instead of 168 dummies), in the
 site's local time because occupancy follows the local clock.
@@ -13,8 +13,8 @@ import math
 
 import polars as pl
 
-# what each column of the input means; the edge maps its points to these by Haystack tags or names
-ROLES = ("zone_temp", "cooling_setpoint", "energy_kw", "occupancy", "outdoor_temp")
+# the input's columns, one per point role (`bacpipes.zones.ROLES` maps a site's points to them)
+INPUTS = ("zone_temp", "cooling_setpoint", "energy_kw", "occupancy", "outdoor_temp")
 FEATURES = (
     "how_sin", "how_cos", "hod_sin", "hod_cos",
     "outdoor_temp", "occupancy", "zone_temp", "zone_temp_lag1", "energy_kw_lag1", "cooling_setpoint",
@@ -24,14 +24,14 @@ WEEK_S, DAY_S = 7 * 86400, 86400
 
 
 def build_features(frame: pl.DataFrame, timezone: str, with_targets: bool = True) -> pl.DataFrame:
-    """`frame`: a `time` column (tz-aware) and the ROLES, one row per interval, sorted by time.
+    """`frame`: a `time` column (tz-aware) and the INPUTS, one row per interval, sorted by time.
 
     Rows whose lags or targets do not exist (the first and last) or with missing inputs are dropped:
     a model must not be trained on, or asked about, a half-known instant.
     """
-    missing = [c for c in ("time", *ROLES) if c not in frame.columns]
+    missing = [c for c in ("time", *INPUTS) if c not in frame.columns]
     if missing:
-        raise ValueError(f"feature input lacks column(s) {missing}; expected time and {list(ROLES)}")
+        raise ValueError(f"feature input lacks column(s) {missing}; expected time and {list(INPUTS)}")
     local = pl.col("time").dt.convert_time_zone(timezone)
     seconds_of_week = (local.dt.weekday() - 1) * DAY_S + local.dt.hour() * 3600 + local.dt.minute() * 60
     seconds_of_day = local.dt.hour() * 3600 + local.dt.minute() * 60

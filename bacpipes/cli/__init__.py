@@ -434,7 +434,7 @@ def _users(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bacpipes.demo import run_demo
+    from bacpipes.cli.demo import run_demo
 
     return run_demo(devices=args.devices, seconds=args.seconds, interval_s=args.interval, directory=args.dir,
                     reset=args.reset, days=args.days, speed=args.speed, app=not args.no_app,
@@ -626,7 +626,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bacpipes: error: invalid database connection string: {redact_error(str(exc))}".rstrip(),
               file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Train the setpoint model and export it to ONNX, refusing an export that does not match scikit-learn.
 
-The model predicts next-interval energy and zone temperature from `bacpipes.features` (which include the
+The model predicts next-interval energy and zone temperature from `models.features` (which include the
 cooling setpoint, the decision the edge policy varies). A scaled second-order polynomial ridge: smooth
 in the setpoint (a tree ensemble answers "what if 0.5 K warmer" with steps), deterministic, quick to
 train, and every step of it converts to ONNX, so the preprocessing travels inside the graph.
@@ -26,7 +26,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from bacpipes.features import FEATURES, TARGETS
+from models.features import FEATURES, TARGETS
 
 UNITS = {"energy_kw_next": "kW", "zone_temp_next": "degC"}
 PARITY_TOLERANCE = 1e-3  # of each target's spread; ONNX runs in float32, scikit-learn in float64

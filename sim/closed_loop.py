@@ -30,10 +30,10 @@ from zoneinfo import ZoneInfo
 import onnxruntime as ort
 import polars as pl
 
-from bacpipes.features import build_features
-from bacpipes.policy import best_setpoint, candidates
-from central.ab import discomfort_kh
-from central.training import export, train
+from models.ab import discomfort_kh
+from models.features import build_features
+from models.policy import best_setpoint, candidates
+from models.setpoint import export, train
 from sim.physics import Building
 
 Controller = Callable[[Building, list[pl.DataFrame]], list[float] | None]

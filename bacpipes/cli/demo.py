@@ -53,9 +53,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bacpipes.contracts import reading_filter
-from bacpipes.db import redact_dsn
-from bacpipes.embedded import (
+from bacpipes.cli.servers import (
     AmqttBroker,
     PostgresCluster,
     alive,
@@ -64,6 +62,8 @@ from bacpipes.embedded import (
     pick_port,
     port_free,
 )
+from bacpipes.contracts import reading_filter
+from bacpipes.db import redact_dsn
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.points import update_points
 from bacpipes.progress import Steps
@@ -458,7 +458,7 @@ class Demo:
         with self.steps.step(name, total=2) as update, log_path.open("a") as out:
             update(completed=0, text="starting Prefect (temporary local server)")
             child = subprocess.Popen(
-                [sys.executable, "-m", "bacpipes.demo", "flows", str(config), str(days),
+                [sys.executable, "-m", "bacpipes.cli.demo", "flows", str(config), str(days),
                  str(self.dir / "models")],
                 env=env, stdout=subprocess.PIPE, stderr=out, text=True, start_new_session=True,
                 stdin=subprocess.DEVNULL,
@@ -890,7 +890,7 @@ def _quiet_console(directory: Path, verbose: bool) -> None:
 
 
 def _flows_child(config: str, days: int, models_dir: str) -> None:  # pragma: no cover - child process
-    """Run in a child process (`python -m bacpipes.demo flows …`) so Prefect's temporary server goes away
+    """Run in a child process (`python -m bacpipes.cli.demo flows …`) so Prefect's temporary server goes away
     with it; prints one JSON line per finished flow."""
     from flows.ml import baseline_flow, train_flow
 
@@ -905,4 +905,4 @@ if __name__ == "__main__":  # pragma: no cover
     if len(sys.argv) == 5 and sys.argv[1] == "flows":
         _flows_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
-        sys.exit("usage: python -m bacpipes.demo flows CONFIG DAYS MODELS_DIR")
+        sys.exit("usage: python -m bacpipes.cli.demo flows CONFIG DAYS MODELS_DIR")
