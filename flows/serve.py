@@ -8,25 +8,13 @@ from typing import Any
 from prefect import serve
 
 from bacpipes.settings import load_settings
-from flows.ml import ab_flow, baseline_flow, train_flow
-from flows.ops import alerts_flow, backup_flow
-from flows.retention import retention_flow
-
-# UTC cron: alerts every minute, retention hourly, backup daily before the ML flows (quiet hours, and a
-# dump that is not competing with training), baseline daily, training nightly, A/B daily after the baseline
-SCHEDULES = {
-    "alerts": (alerts_flow, "* * * * *"),
-    "backup": (backup_flow, "15 0 * * *"),
-    "retention": (retention_flow, "5 * * * *"),
-    "baseline": (baseline_flow, "30 1 * * *"),
-    "train": (train_flow, "0 2 * * *"),
-    "ab": (ab_flow, "30 3 * * *"),
-}
+from flows.registry import FLOWS, SCHEDULES
 
 
 def deployments(config: str | None, central: bool = False, backup: bool = True) -> list[Any]:
     out = []
-    for name, (flow, cron) in SCHEDULES.items():
+    for name, cron in SCHEDULES.items():
+        flow = FLOWS[name]
         if name == "backup" and not backup:
             continue
         parameters: dict[str, Any] = {"config": config}

@@ -11,7 +11,8 @@ import psycopg
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from flows.serve import SCHEDULES, deployments
+from flows.registry import SCHEDULES
+from flows.serve import deployments
 
 
 def test_every_flow_has_its_schedule_and_the_config() -> None:

@@ -109,14 +109,13 @@ def _sim_backfill(args: argparse.Namespace) -> int:
 def _flows_run(args: argparse.Namespace) -> int:
     import json
 
-    from flows.ml import ab_flow, ab_plan_flow, baseline_flow, train_flow
-    from flows.ops import alerts_flow, backup_flow
-    from flows.retention import retention_flow
+    from bacpipes.errors import UserError
+    from flows.registry import FLOWS, WINDOWED
 
-    flows = {"baseline": baseline_flow, "train": train_flow, "ab": ab_flow, "ab-plan": ab_plan_flow,
-             "retention": retention_flow, "alerts": alerts_flow, "backup": backup_flow}
-    windowed = args.days and args.name not in ("retention", "alerts", "backup")
-    result = flows[args.name](args.config, days=args.days) if windowed else flows[args.name](args.config)
+    if args.name not in FLOWS:
+        raise UserError(f"no flow {args.name!r}: choose one of {', '.join(FLOWS)}")
+    windowed = args.days and args.name in WINDOWED
+    result = FLOWS[args.name](args.config, days=args.days) if windowed else FLOWS[args.name](args.config)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -497,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     flows = sub.add_parser("flows").add_subparsers(dest="flows_command", required=True)
     run_flow = with_config(flows.add_parser("run", help="run one flow now"))
-    run_flow.add_argument("name", choices=["baseline", "train", "ab-plan", "ab", "retention", "alerts",
-                                           "backup"])
+    run_flow.add_argument("name", help="baseline, train, ab-plan, ab, retention, alerts or backup"
+                          " (flows.registry)")
     run_flow.add_argument("--days", type=int, help="history window (default: the flow's)")
     run_flow.set_defaults(func=_flows_run)
     serve_flows = with_config(flows.add_parser("serve", help="run every flow on its schedule"))
