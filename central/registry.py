@@ -1,6 +1,9 @@
 """Model registry and rollout on central: register an exported model, deploy a version to a site in
 shadow or active mode, roll back to the version before. A deployment row carries the ONNX bytes and
-their sha256 and reaches the site over the replication link; the site verifies before loading."""
+their sha256 and reaches the site over the replication link; the site verifies before loading.
+
+Registration goes through the same gate as the edge (`models.artifact.load`): a file every site would
+refuse (not ONNX, or built for another feature list) is refused here, before anyone can deploy it."""
 
 from __future__ import annotations
 
@@ -12,17 +15,20 @@ from pathlib import Path
 import psycopg
 from psycopg.types.json import Jsonb
 
-from models.setpoint import read_metadata
+from models.artifact import load
 
 MODES = ("shadow", "active", "off")
 
 
 def register(conn: psycopg.Connection, name: str, version: str, path: Path, created_by: str) -> str:
-    """Store the ONNX file (exported and parity-checked by models.setpoint.export); returns its sha256."""
+    """Store the ONNX file (exported and parity-checked by models.setpoint.export); returns its sha256.
+
+    Raises models.artifact.ModelRefused, storing nothing, for a file the edge would refuse.
+    """
     data = path.read_bytes()
-    metadata = read_metadata(path)
-    metrics = json.loads(metadata.get("metrics", "{}"))
     digest = hashlib.sha256(data).hexdigest()
+    metadata = load(data, digest).metadata
+    metrics = json.loads(metadata.get("metrics", "{}"))
     conn.execute(
         "INSERT INTO model_registry (name, version, sha256, metrics, metadata, onnx, created_by)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",

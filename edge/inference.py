@@ -1,9 +1,10 @@
 """Edge inference: every interval, the deployed model picks each zone's cooling setpoint.
 
 The model arrives as a `model_deployments` row (replicated from central) carrying the ONNX bytes; it is
-loaded only if the bytes hash to the row's sha256, and swapped in without a restart when a newer row
-appears. Shadow mode only logs (`inference_log`); active mode issues `write_commands` with source `ml`
-at the ML priority, through the same executor and checks as every other write.
+loaded through `models.artifact.load` (its bytes hash to the row's sha256, and it was built for this feature
+builder's columns, in this order) and swapped in without a restart when a newer row appears. Shadow mode
+only logs (`inference_log`); active mode issues `write_commands` with source `ml` at the ML priority,
+through the same executor and checks as every other write.
 
 Fail-safe: stale or missing inputs, a refused or failing model, or no model at all: no write. When the
 model has made no good decision for `ml.release_after_s` (or is switched off), the ML priority is
@@ -12,19 +13,18 @@ released, so the building returns to its own schedule.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import onnxruntime as ort
 import psycopg
 
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
 from bacpipes.settings import Settings
 from bacpipes.zones import Zone, find_zones, zone_frame
+from models.artifact import LoadedModel, ModelRefused, load
 from models.features import build_features
 from models.policy import best_setpoint, candidates
 
@@ -41,11 +41,15 @@ class Loaded:
     deployment: Any  # uuid of the model_deployments row
     version: str
     mode: str
-    session: ort.InferenceSession
+    model: LoadedModel
+
+    @property
+    def session(self) -> Any:
+        return self.model.session
 
 
 class ModelSlot:
-    """The model in use; replaced only by a newer deployment whose bytes check out."""
+    """The model in use; replaced only by a newer deployment that `load` accepts."""
 
     def __init__(self, site_id: str, name: str) -> None:
         self.site_id, self.name = site_id, name
@@ -60,13 +64,16 @@ class ModelSlot:
         deployment, version, mode, sha256, onnx = row
         if self.current and self.current.deployment == deployment:
             return self.current
-        if onnx is None or hashlib.sha256(onnx).hexdigest() != sha256:
-            if self.refused != deployment:
-                log.error("model %s@%s refused: its bytes do not match sha256 %s", self.name, version, sha256)
-                self.refused = deployment
-            return self.current  # keep running what was verified before
-        self.current = Loaded(deployment, version, mode, ort.InferenceSession(bytes(onnx),
-                              providers=["CPUExecutionProvider"]))
+        if self.refused == deployment:
+            return self.current  # reported once; keep running what was verified before
+        try:
+            model = load(bytes(onnx or b""), sha256)
+        except ModelRefused as exc:
+            log.error("model %s@%s refused, keeping %s: %s", self.name, version,
+                      f"version {self.current.version}" if self.current else "none", exc)
+            self.refused = deployment
+            return self.current
+        self.current = Loaded(deployment, version, mode, model)
         log.info("model %s@%s loaded (%s)", self.name, version, mode)
         return self.current
 

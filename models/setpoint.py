@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -104,8 +103,3 @@ def check_parity(trained: Trained, onnx_bytes: bytes) -> float:
             f"(tolerance {PARITY_TOLERANCE:g}): not registering this model"
         )
     return worst
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    model = onnx.load(str(path))
-    return {p.key: p.value for p in model.metadata_props}

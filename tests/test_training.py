@@ -12,8 +12,9 @@ import onnx
 import polars as pl
 import pytest
 
+from models.artifact import metadata
 from models.features import FEATURES, TARGETS, build_features, with_setpoint
-from models.setpoint import ParityError, check_parity, export, read_metadata, train
+from models.setpoint import ParityError, check_parity, export, train
 
 START = datetime(2026, 6, 1, tzinfo=UTC)  # a Monday
 
@@ -62,7 +63,7 @@ def test_train_export_with_metadata_and_parity(tmp_path: Path) -> None:
     path = tmp_path / "models" / "setpoint-1.onnx"
     digest = export(trained, path, version="1")
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    meta = read_metadata(path)
+    meta = metadata(path.read_bytes())
     assert json.loads(meta["features"]) == list(FEATURES)
     assert json.loads(meta["units"])["zone_temp_next"] == "degC"
     assert meta["version"] == "1" and json.loads(meta["metrics"]) == trained.metrics
