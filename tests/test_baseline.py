@@ -194,6 +194,10 @@ def test_predicting_without_a_column_names_it(model: BaselineModel, building: Bu
         model.predict(building.holdout.drop(columns="outdoor_temp_c"))
 
 
-def test_a_naive_index_is_refused(building: Building) -> None:
-    with pytest.raises(ValueError, match="time-zone-aware"):
-        fit_baseline(building.baseline.tz_localize(None))
+def test_a_stored_version_1_baseline_still_reads(model: BaselineModel, building: Building) -> None:
+    """Rows written before the occupancy lookup existed are models with measured occupancy."""
+    stored = model.to_dict()
+    del stored["occupancy_lookup"], stored["electricity"]
+    restored = BaselineModel.from_dict({**stored, "format_version": 1})
+    assert restored == model
+    pd.testing.assert_series_equal(restored.predict(building.holdout), model.predict(building.holdout))

@@ -118,6 +118,11 @@ def test_baseline_mv(run) -> None:
     assert abs(summary["percent_savings"]) < 2
     fsu = summary["fractional_savings_uncertainty"]
     assert fsu is None or fsu > 0.5  # None: infinite (a saving of exactly zero)
+    # a meter from elsewhere (UTC, degF, no occupancy, zero readings): warned, converted, estimated, cleaned
+    assert summary["csv_meets_guideline_14"] and summary["csv_held_out_cv_rmse"] < 0.3
+    assert summary["csv_occupied_hours_of_week"] == 60 and summary["csv_dropped_rows"] == 42
+    assert summary["csv_utc_cv_rmse"] > summary["csv_cv_rmse"]
+    assert len(summary["csv_warnings"]) == 1 and "in UTC" in summary["csv_warnings"][0]
 
 
 def test_train_export_before_and_after_a_model_is_registered(run, site: tuple[str, Path],
