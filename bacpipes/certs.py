@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from psycopg.conninfo import make_conninfo
 
+from bacpipes.errors import MissingFile, UserError
+
 CA_NAME = "ca"
 KEY_MODE = 0o600
 CERT_MODE = 0o644
@@ -44,7 +46,7 @@ def _paths(directory: Path, name: str) -> tuple[Path, Path]:
 def _check_name(name: str) -> None:
     """Names become file names: refuse ones that escape the directory or would replace the CA."""
     if not name or name == CA_NAME or name.startswith(".") or "/" in name or "\0" in name:
-        raise ValueError(f"unusable certificate name {name!r}")
+        raise UserError(f"unusable certificate name {name!r}")
 
 
 def _ensure_dir(directory: Path) -> None:
@@ -81,11 +83,17 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, PrivateKey]:
     crt_path, key_path = _paths(directory, CA_NAME)
     if not (crt_path.exists() and key_path.exists()):
         # Creating one here would silently start a second trust root (e.g. a typo in the directory).
-        raise FileNotFoundError(f"no CA in {directory}: run ensure_ca first")
-    cert = x509.load_pem_x509_certificate(crt_path.read_bytes())
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        raise MissingFile(f"no CA in {directory}: run ensure_ca first")
+    try:
+        cert = x509.load_pem_x509_certificate(crt_path.read_bytes())
+    except ValueError as exc:
+        raise UserError(f"{crt_path} is not a PEM certificate ({exc})") from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:  # TypeError: encrypted with a password
+        raise UserError(f"{key_path} is not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, PrivateKey):
-        raise TypeError(f"{key_path} is not an EC private key")
+        raise UserError(f"{key_path} is not an EC private key")
     return cert, key
 
 
@@ -188,7 +196,7 @@ def issue_server(directory: Path, name: str, hosts: list[str], days: int = 825) 
     """Server certificate `name` for every host or IP clients will put in `host=` (verify-full checks
     the SAN, not the CN)."""
     if not hosts:
-        raise ValueError("a server certificate needs at least one host")
+        raise UserError("a server certificate needs at least one host")
     san = x509.SubjectAlternativeName([_general_name(h) for h in hosts])
     return _issue(directory, name, hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, days, san)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from bacpipes.errors import UserError
+
 SOURCES = ("mqtt", "ui", "central", "ml", "cli")
 # accepted whatever the control authority, if inserted on the site itself: a command that arrived by
 # replication (write_commands.arrived) is remote whatever its source says
@@ -38,7 +40,7 @@ class Command:
         # a release writes Null: a value riding along used to reach the device unchecked, and the
         # database refuses such a row anyway (write_commands_release_has_no_value)
         if self.release and self.value is not None:
-            raise ValueError("a release carries no value: give either a value or release, not both")
+            raise UserError("a release carries no value: give either a value or release, not both")
 
     @property
     def command_type(self) -> str:
@@ -77,7 +79,7 @@ def grant_remote(conn: psycopg.Connection, site_id: str, duration: timedelta, gr
                  reason: str | None = None) -> datetime:
     """Let central and ML write for `duration`; the site reverts to edge control by itself after it."""
     if duration <= timedelta(0):
-        raise ValueError("a remote grant needs a positive duration")
+        raise UserError("a remote grant needs a positive duration")
     row = conn.execute(
         "INSERT INTO control_authority (site_id, mode, until, granted_by, reason)"
         " VALUES (%s, 'remote', clock_timestamp() + %s, %s, %s) RETURNING until",

@@ -10,12 +10,13 @@ import contextlib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bacpipes.errors import UserError
 from bacpipes.partitions import ensure_partitions
 
 _MIGRATION_LOCK = 0x0BAC_0001
@@ -64,13 +65,23 @@ def redact_error(message: str, *dsns: str) -> str:
     return message
 
 
+def dsn_params(dsn: str) -> dict[str, Any]:
+    """The connection string's parameters. One libpq cannot parse is a setting for the user to fix, said
+    without the password libpq may quote (and without the original error, which quotes it too)."""
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise UserError(f"invalid database connection string: {redact_error(str(exc).strip())}") from None
+
+
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
+    dsn_params(dsn)
     return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=5)
 
 
 def ensure_database(dsn: str) -> bool:
     """Create the database named in `dsn` if it does not exist; True when created."""
-    params = conninfo_to_dict(dsn)
+    params = dsn_params(dsn)
     name = params.get("dbname") or "postgres"
     admin = make_conninfo(dsn, dbname="postgres")
     with connect(admin, autocommit=True) as conn:

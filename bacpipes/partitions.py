@@ -29,6 +29,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql
 
+from bacpipes.errors import UserError
+
 DEFAULT_TABLE = "sensor_readings"
 DEFAULT_DAYS_AHEAD = 3
 SITE_RETENTION_DAYS = 7
@@ -232,7 +234,7 @@ def adopt_default_rows(
 def validate_retention_days(days: int) -> int:
     """A retention under one day would drop today's partition, i.e. the data being written now."""
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ValueError(f"retention must be a whole number of days >= 1, got {days!r}")
+        raise UserError(f"retention must be a whole number of days >= 1, got {days!r}")
     return days
 
 

@@ -12,6 +12,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.settings import Settings
 from bacpipes.tagging import refresh_names
 
@@ -59,7 +60,7 @@ def parse_tags(pairs: list[str]) -> dict[str, str | None]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"tag must be key=value, got {pair!r}")
+            raise UserError(f"tag must be key=value, got {pair!r}")
         tags[key.strip()] = value.strip() or None
     return tags
 
@@ -69,15 +70,15 @@ WRITE_LIMITS = ("min_value", "max_value", "ml_min_value", "ml_max_value", "ml_ma
 
 def _limit(column: str, text: str) -> float | None:
     if column not in WRITE_LIMITS:
-        raise ValueError(f"unknown write limit {column!r}; one of {', '.join(WRITE_LIMITS)}")
+        raise UserError(f"unknown write limit {column!r}; one of {', '.join(WRITE_LIMITS)}")
     if text.strip().lower() in ("none", ""):
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{column} must be a number or 'none', not {text!r}") from None
+        raise UserError(f"{column} must be a number or 'none', not {text!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{column} must be finite, not {text!r}")
+        raise UserError(f"{column} must be finite, not {text!r}")
     return value
 
 
@@ -102,12 +103,16 @@ def update_points(
     'poll' or 'cov' (change of value where the device accepts it, edge/cov.py); `cov_confirmed` 'on', 'off'
     or 'default' (the site's [cov] confirmed).
     """
+    if publish not in (None, "on", "off"):  # anything else used to mean off
+        raise UserError(f"publish must be 'on' or 'off', not {publish!r}")
+    if qos not in (None, 0, 1, 2):  # the database refuses it too, as a bug-looking CheckViolation
+        raise UserError(f"qos must be 0, 1 or 2, not {qos!r}")
     if acquisition not in (None, "poll", "cov"):
-        raise ValueError(f"acquisition must be 'poll' or 'cov', not {acquisition!r}")
+        raise UserError(f"acquisition must be 'poll' or 'cov', not {acquisition!r}")
     if cov_confirmed not in (None, "on", "off", "default"):
-        raise ValueError(f"cov_confirmed must be 'on', 'off' or 'default', not {cov_confirmed!r}")
+        raise UserError(f"cov_confirmed must be 'on', 'off' or 'default', not {cov_confirmed!r}")
     if interval_s is not None and interval_s <= 0:
-        raise ValueError("interval must be positive")
+        raise UserError("interval must be positive")
     tag_edits = parse_tags(tags or [])
     limit_edits = {column: _limit(column, text) for column, text in (limits or {}).items()}
     site = settings.site.id
@@ -148,7 +153,7 @@ def update_points(
                     (value, site, ids),
                 )
             except psycopg.errors.CheckViolation:
-                raise ValueError(f"{column} = {value} would put a minimum above its maximum") from None
+                raise UserError(f"{column} = {value} would put a minimum above its maximum") from None
         if tag_edits:
             removed = [k for k, v in tag_edits.items() if v is None]
             added = {k: v for k, v in tag_edits.items() if v is not None}

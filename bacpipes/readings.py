@@ -34,6 +34,7 @@ import polars as pl
 from psycopg import sql
 
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -65,10 +66,10 @@ def parse_every(every: str | timedelta) -> timedelta:
     else:
         match = _EVERY.match(every.lower())
         if not match or match.group(2) not in _UNITS:
-            raise ValueError(f"cannot read interval {every!r}: use e.g. '30s', '15min', '1h', '1d'")
+            raise UserError(f"cannot read interval {every!r}: use e.g. '30s', '15min', '1h', '1d'")
         step = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     if step < timedelta(seconds=1):
-        raise ValueError(f"interval must be at least 1 s, got {every!r}")
+        raise UserError(f"interval must be at least 1 s, got {every!r}")
     return step
 
 
@@ -77,7 +78,11 @@ def _as_time(value: datetime | date | str | None, zone: ZoneInfo) -> datetime | 
     if value is None:
         return None
     if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise UserError(f"cannot read time {value!r}: use ISO 8601, e.g. '2026-11-20' or "
+                            "'2026-11-20T08:00'") from None
     if not isinstance(value, datetime):
         value = datetime.combine(value, datetime.min.time())
     return value if value.tzinfo else value.replace(tzinfo=zone)
@@ -88,7 +93,7 @@ def resolve_points(
 ) -> pl.DataFrame:
     """The points' metadata; a name matches object_name or haystack_name (every match is kept).
 
-    Raises ValueError naming whatever matched nothing, rather than returning a silently shorter frame.
+    Raises UserError naming whatever matched nothing, rather than returning a silently shorter frame.
     """
     query = ("SELECT point_id, object_name, haystack_name, dis, units FROM point WHERE site_id = %s")
     rows = conn.execute(query, (site_id,)).fetchall()
@@ -105,7 +110,7 @@ def resolve_points(
     found = set(chosen["point_id"]) | set(chosen["name"]) | set(chosen["haystack_name"])
     missing = [p for p in wanted if p not in found]
     if missing:
-        raise ValueError(f"unknown points at site {site_id!r}: {missing}")
+        raise UserError(f"unknown points at site {site_id!r}: {missing}")
     return chosen
 
 

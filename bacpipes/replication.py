@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 
 from bacpipes.certs import client_conninfo
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.settings import Settings
 
 READINGS_PUBLICATION = "bacpipes_readings"
@@ -143,7 +144,7 @@ def site_slots(conn: psycopg.Connection) -> list[dict[str, Any]]:
 def _require_logical(conn: psycopg.Connection, which: str) -> None:
     level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
     if level != "logical":
-        raise RuntimeError(f"{which} database has wal_level={level}: set wal_level = logical and restart it")
+        raise UserError(f"{which} database has wal_level={level}: set wal_level = logical and restart it")
 
 
 def _ensure_role(conn: psycopg.Connection, role: str, tables: tuple[str, ...], say: Steps) -> None:

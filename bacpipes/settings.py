@@ -6,18 +6,21 @@ Secrets (MQTT password, database password) belong in the environment, never in t
 from __future__ import annotations
 
 import os
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from bacpipes.errors import MissingFile, UserError
 
 
 class SiteSettings(BaseModel):
@@ -30,6 +33,7 @@ class SiteSettings(BaseModel):
         try:
             ZoneInfo(value)  # at load time, rather than at the first publish
         except (ZoneInfoNotFoundError, ValueError):
+            # pydantic turns a ValueError into a ValidationError; load_settings makes that a UserError
             raise ValueError(f"unknown timezone {value!r}") from None
         return value
 
@@ -259,13 +263,31 @@ def _config_path() -> Path:
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load settings from `config` (or $BACPIPES_CONFIG, or the embedded defaults) plus env."""
+    """Load settings from `config` (or $BACPIPES_CONFIG, or the embedded defaults) plus env.
+
+    Every mistake in them is a UserError naming the file and the setting: a missing file, a file that is not
+    TOML, a value out of range or of the wrong type.
+    """
     global _config_override
-    path = Path(config) if config else None
-    if path is not None and not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    _config_override = path
+    _config_override = Path(config) if config else None
+    file = _config_path()
     try:
+        if not file.is_file():  # pydantic-settings would skip it silently and run on defaults
+            how = "" if config or "BACPIPES_CONFIG" not in os.environ else " ($BACPIPES_CONFIG)"
+            raise MissingFile(f"config file not found: {file}{how}")
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{file} is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        raise UserError(f"invalid settings in {file} or BACPIPES_* variables: {_problems(exc)}") from None
     finally:
         _config_override = None
+
+
+def _problems(error: ValidationError) -> str:
+    """`section.key: what is wrong` for each setting, on one line. The values are left out: one of them
+    may be a password."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg'].removeprefix('Value error, ')}"
+        for problem in error.errors()
+    )

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import psycopg
 
+from bacpipes.errors import UserError
+
 ROLES = ("viewer", "operator")
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: ~20 ms and 16 MiB per check on this class of machine
 _LOGIN_LOCK = 0x6C6F67696E  # pg advisory lock: counting failures and setting locks, one login at a time
@@ -47,7 +49,7 @@ class Login(NamedTuple):
 
 def hash_password(password: str) -> str:
     if len(password) < 8:
-        raise ValueError("a password needs at least 8 characters")
+        raise UserError("a password needs at least 8 characters")
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
     return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
@@ -69,9 +71,9 @@ def check_password(password: str, stored: str) -> bool:
 def add_user(conn: psycopg.Connection, username: str, password: str, role: str) -> None:
     """Create a user, or set a new password and role for an existing one."""
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        raise UserError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if not username.strip():
-        raise ValueError("a username cannot be empty")
+        raise UserError("a username cannot be empty")
     conn.execute(
         "INSERT INTO app_users (username, password_hash, role) VALUES (%s, %s, %s)"
         " ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash,"

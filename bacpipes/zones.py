@@ -15,6 +15,7 @@ import polars as pl
 import psycopg
 
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
 
@@ -93,7 +94,7 @@ def site_hourly(settings: Settings, start: datetime, end: datetime) -> pd.DataFr
             (settings.site.id, f"%-{SITE_POWER_SUFFIX}"),
         ).fetchone()
     if not zones or meter is None:
-        raise ValueError(f"site {settings.site.id} has no site meter (*-{SITE_POWER_SUFFIX}) or no zones")
+        raise UserError(f"site {settings.site.id} has no site meter (*-{SITE_POWER_SUFFIX}) or no zones")
     occupancy = [z.points["occupancy"] for z in zones]
     outdoor = zones[0].points["outdoor_temp"]
     hourly = load_readings([meter[0], outdoor, *occupancy], start, end, every="1h", settings=settings)

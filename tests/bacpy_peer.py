@@ -38,6 +38,8 @@ from typing import Any
 
 import psycopg
 
+from bacpipes.waiting import poll_until
+
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv-peer"
 SCRIPT = Path(__file__).resolve().parent / "peers" / "bacpy_device.py"
@@ -209,14 +211,14 @@ class BacpyPeer:
 
     def wait_stats(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
         """Poll ``stats()`` until ``predicate(stats)`` holds (stats are written every 0.25 s)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.stats()
-            if s and predicate(s):
-                return s
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self}: stats never matched: {s}")
-            time.sleep(0.05)
+        def matched() -> dict[str, Any] | None:
+            stats = self.stats()
+            return stats if stats and predicate(stats) else None
+
+        try:
+            return poll_until(matched, timeout, interval=0.05, what=f"{self}: stats matching")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last stats: {self.stats()}") from None
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

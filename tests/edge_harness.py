@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +11,9 @@ from typing import Any
 
 import psycopg
 
-from bacpipes.commands import command_status
+from bacpipes.commands import TERMINAL, command_status
 from bacpipes.settings import Settings
+from bacpipes.waiting import poll_until
 from edge.agent import EdgeAgent
 from edge.bacnet import BacnetClient
 from edge.discovery import discover
@@ -68,11 +68,9 @@ def running_agent(settings: Settings, discover_first: bool = True) -> Iterator[E
 def ready_agent(settings: Settings) -> Iterator[EdgeAgent]:
     """The agent, once its executor listens and its command subscription is in place."""
     with running_agent(settings, discover_first=False) as agent:
-        deadline = time.monotonic() + 20
-        while not (agent.executor and agent.executor.ready.is_set()
-                   and agent.commands and agent.commands.subscribed.is_set()):
-            assert time.monotonic() < deadline, "agent not ready for commands"
-            time.sleep(0.05)
+        poll_until(lambda: (agent.executor and agent.executor.ready.is_set()
+                            and agent.commands and agent.commands.subscribed.is_set()),
+                   20, interval=0.05, what="the agent's executor and command subscription")
         yield agent
 
 
@@ -88,11 +86,13 @@ def discover_site(settings: Settings) -> None:
 
 
 def wait_outcome(dsn: str, command_id: uuid.UUID, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    """The command's final status; TimeoutError (with the status it is stuck in) when it has none."""
     with psycopg.connect(dsn) as conn:
-        while time.monotonic() < deadline:
+        def finished() -> dict[str, Any] | None:
             status = command_status(conn, command_id)
-            if status and status["status"] in ("completed", "failed", "rejected"):
-                return status
-            time.sleep(0.05)
-    raise AssertionError(f"command {command_id} did not finish: {status}")
+            return status if status and status["status"] in TERMINAL else None
+
+        try:
+            return poll_until(finished, timeout, interval=0.05, what=f"the outcome of command {command_id}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; its status: {command_status(conn, command_id)}") from None

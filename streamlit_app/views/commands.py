@@ -7,7 +7,6 @@ then needs remote authority at the site); the site's executor validates it, writ
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +24,7 @@ from bacpipes.commands import (
     revoke_remote,
 )
 from bacpipes.replication import is_central
+from bacpipes.waiting import poll_until
 from streamlit_app import queries
 from streamlit_app.context import (
     act_as_operator,
@@ -53,12 +53,15 @@ def outcome(status: dict) -> None:
 
 
 def wait_for(conn: psycopg.Connection, command_id: uuid.UUID, seconds: float) -> dict:
-    deadline = time.monotonic() + seconds
-    while True:
-        status = command_status(conn, command_id) or {"status": "pending"}
-        if status["status"] in TERMINAL or time.monotonic() > deadline:
-            return status
-        time.sleep(0.2)
+    """The command's outcome, or its status as it stands after `seconds` (`outcome` says it is pending)."""
+    def finished() -> dict | None:
+        status = command_status(conn, command_id)
+        return status if status and status["status"] in TERMINAL else None
+
+    try:
+        return poll_until(finished, seconds, what=f"the outcome of command {command_id}")
+    except TimeoutError:
+        return command_status(conn, command_id) or {"status": "pending"}
 
 
 def write_form(conn: psycopg.Connection, site: str, name: str, central: bool) -> None:
