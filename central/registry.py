@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bacpipes.errors import UserError
 from models.artifact import load
 
 MODES = ("shadow", "active", "off")
@@ -41,12 +42,12 @@ def register(conn: psycopg.Connection, name: str, version: str, path: Path, crea
 def deploy(conn: psycopg.Connection, site_id: str, name: str, version: str, mode: str, created_by: str,
            reason: str | None = None) -> uuid.UUID:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     row = conn.execute(
         "SELECT sha256, onnx FROM model_registry WHERE name = %s AND version = %s", (name, version)
     ).fetchone()
     if row is None:
-        raise ValueError(f"model {name}@{version} is not registered")
+        raise UserError(f"model {name}@{version} is not registered")
     deployment = uuid.uuid4()
     conn.execute(
         "INSERT INTO model_deployments (id, site_id, name, version, mode, sha256, onnx, created_by, reason)"
@@ -71,10 +72,10 @@ def rollback(conn: psycopg.Connection, site_id: str, name: str, created_by: str,
     """Deploy the version that ran before the current one, in the current mode; returns that version."""
     history = [(v, m) for v, m in deployed(conn, site_id, name) if m != "off"]
     if not history:
-        raise ValueError(f"nothing deployed of {name} at {site_id}")
+        raise UserError(f"nothing deployed of {name} at {site_id}")
     current, mode = history[0]
     previous = next((v for v, _ in history if v != current), None)
     if previous is None:
-        raise ValueError(f"{name}@{current} is the only version deployed at {site_id}: switch it off instead")
+        raise UserError(f"{name}@{current} is the only version deployed at {site_id}: switch it off instead")
     deploy(conn, site_id, name, previous, mode, created_by, f"rollback from {current}: {reason}")
     return previous

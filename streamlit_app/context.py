@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import streamlit as st
 
+from bacpipes.errors import UserError
 from bacpipes.replication import is_central, linked_sites
 from bacpipes.settings import Settings, load_settings
 from bacpipes.users import LoginPolicy, current_role
@@ -56,9 +57,9 @@ def shown_errors() -> Iterator[None]:
     except psycopg.OperationalError as exc:
         st.error(f"The database is not answering: {_first_line(exc)}. The page will work again once it is "
                  "back; nothing you entered was saved.")
-    except ValueError as exc:
+    except UserError as exc:  # the user's to fix: the message is the whole story
         st.error(str(exc))
-    except Exception as exc:
+    except Exception as exc:  # a bug: logged with its traceback, the page says what failed
         log.exception("page failed")
         st.error(f"Something went wrong: {_first_line(exc)}")
 

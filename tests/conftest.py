@@ -17,6 +17,9 @@ from bacpipes.db import migrate
 from bacpipes.settings import Settings, load_settings
 from tests.brokers import MosquittoBroker
 
+# Prefect's temporary server gets 20 s to start by default; a loaded 2-core machine needs more
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 ADMIN_DSN = os.environ.get("BACPIPES_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

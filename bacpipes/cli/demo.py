@@ -24,6 +24,8 @@ On a machine with only Python (no root, no Docker, nothing listening), `bacpipes
    free ports), with an operator user `demo` whose generated password is in `<dir>/credentials.txt`;
 8. prints a summary (URLs, user, password, config files, what to try next) and a status line every
    `--status-every` seconds until Ctrl-C (or `--seconds`), then stops everything in reverse order.
+   `kill` and the terminal closing (SIGHUP) stop it the same way, and so does Ctrl-C on
+   `bacpipes demo | tee log`, whose output is gone by then: it owns every process it started.
 
 Everything lives in `<dir>` (default `var/demo`): the generated `site.toml` and `central.toml` work with
 every other command (`bacpipes edge points list --config var/demo/site.toml`). A second run reuses the
@@ -47,11 +49,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+import tomli_w
 
 from bacpipes.cli.servers import (
     AmqttBroker,
@@ -68,6 +72,7 @@ from bacpipes.mqtt import connect_async, make_client
 from bacpipes.points import update_points
 from bacpipes.progress import Steps
 from bacpipes.settings import Settings, load_settings
+from bacpipes.waiting import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,8 @@ PROCESS_CONFIGS = {  # file: (database, role)
     "app-central.toml": ("central", "bacpipes_app"),
     "flows.toml": ("central", "bacpipes_flows_runner"),
 }
+# what stops the demo in an orderly way: Ctrl-C, `kill`, and the terminal closing under it
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 # --- the demo ------------------------------------------------------------------------------------
@@ -123,7 +130,7 @@ class Demo:
     linked: bool = False
     urls: dict[str, str] = field(default_factory=dict)
     configs: dict[str, Path] = field(default_factory=dict)  # process (PROCESS_CONFIGS' file) -> its file
-    _admin_texts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _admin_docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # site.toml, central.toml
     password: str = ""
     db_passwords: dict[str, str] = field(default_factory=dict)
 
@@ -216,36 +223,35 @@ class Demo:
         d, ports = self.dir, self.state["ports"]
         last = ADDRESS_BASE.rsplit(".", 1)
         targets = f"{ADDRESS_BASE}-{last[0]}.{int(last[1]) + self.opts.devices - 1}"
-        common = (
-            f'[site]\nid = "{SITE_ID}"\ntimezone = "{TIMEZONE}"\n\n'
-            f'[mqtt]\nurl = "mqtt://127.0.0.1:{ports["mqtt"]}"\nclient_id = "bacpipes-demo-edge"\n\n'
-            f'[alerts]\nstate_path = "{d / "var" / "alerts-state.json"}"\n\n'
-            f'[backups]\ndir = "{d / "backups"}"\n\n'
-        )
-        site = (
-            "# Written by `bacpipes demo` (regenerated on every run): the demo's site.\n" + common
-            + f'[database]\ndsn = "postgresql://postgres@127.0.0.1:{ports["site_db"]}/bacpipes"\n\n'
-            f'[bacnet]\naddress = "{AGENT_ADDRESS}"\n\n'
-            f'[discovery]\ntargets = ["{targets}"]\ntimeout_s = 1.0\n\n'
-            f"[polling]\ndefault_interval_s = {self.opts.interval_s:g}\n\n"
-            f'[spool]\npath = "{d / "var" / "spool.sqlite"}"\n\n'
-            f'[replication]\nhost = "127.0.0.1"\nport = {ports["site_db"]}\ncerts_dir = "{d / "certs"}"\n'
-            "heartbeat_s = 5\n\n"
-            "[ml]\nenabled = true\ninterval_s = 300\n\n"
-            f"[ui]\nport = {UI_PORT}\n"
-        )
-        central = (
-            "# Written by `bacpipes demo` (regenerated on every run): the demo's central database;\n"
-            "# [site] id is the site the flows work for.\n" + common
-            + f'[database]\ndsn = "postgresql://postgres@127.0.0.1:{ports["central_db"]}/bacpipes"\n\n'
-            f'[replication]\nhost = "127.0.0.1"\nport = {ports["central_db"]}\n'
-            f'certs_dir = "{d / "certs"}"\n\n'
-            f"[ui]\nport = {UI_PORT + 1}\n"
-        )
+        common: dict[str, Any] = {
+            "site": {"id": SITE_ID, "timezone": TIMEZONE},
+            "mqtt": {"url": f"mqtt://127.0.0.1:{ports['mqtt']}", "client_id": "bacpipes-demo-edge"},
+            "alerts": {"state_path": str(d / "var" / "alerts-state.json")},
+            "backups": {"dir": str(d / "backups")},
+        }
+        site = {
+            **common,
+            "database": {"dsn": f"postgresql://postgres@127.0.0.1:{ports['site_db']}/bacpipes"},
+            "bacnet": {"address": AGENT_ADDRESS},
+            "discovery": {"targets": [targets], "timeout_s": 1.0},
+            "polling": {"default_interval_s": self.opts.interval_s},
+            "spool": {"path": str(d / "var" / "spool.sqlite")},
+            "replication": {"host": "127.0.0.1", "port": ports["site_db"], "certs_dir": str(d / "certs"),
+                            "heartbeat_s": 5},
+            "ml": {"enabled": True, "interval_s": 300},
+            "ui": {"port": UI_PORT},
+        }
+        central = {
+            **common,
+            "database": {"dsn": f"postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"},
+            "replication": {"host": "127.0.0.1", "port": ports["central_db"], "certs_dir": str(d / "certs")},
+            "ui": {"port": UI_PORT + 1},
+        }
         (d / "var").mkdir(exist_ok=True)
-        (d / "site.toml").write_text(site)
-        (d / "central.toml").write_text(central)
-        self._admin_texts = {"site": (site, "site_db"), "central": (central, "central_db")}
+        self._admin_docs = {"site": site, "central": central}
+        _write_toml(d / "site.toml", site, "the demo's site.")
+        _write_toml(d / "central.toml", central,
+                    "the demo's central database;\n[site] id is the site the flows work for.")
         self.site = load_settings(d / "site.toml")
         self.central = load_settings(d / "central.toml")
 
@@ -253,13 +259,11 @@ class Demo:
         """The settings of each process, naming its own database role (0600: they hold its password)."""
         d, ports = self.dir, self.state["ports"]
         for name, (db, role) in PROCESS_CONFIGS.items():
-            text, port = self._admin_texts[db if self.linked else "site"]
-            admin_dsn = f'dsn = "postgresql://postgres@127.0.0.1:{ports[port]}/bacpipes"'
-            own = f"postgresql://{role}:{self.db_passwords[role]}@127.0.0.1:{ports[port]}/bacpipes"
-            assert admin_dsn in text
-            text = text.replace(admin_dsn, f'dsn = "{own}"').replace(
-                "(regenerated on every run)", f"(regenerated on every run), as the database role {role}", 1)
-            _write_private(d / name, text)
+            db = db if self.linked else "site"
+            port = ports[f"{db}_db"]
+            own = f"postgresql://{role}:{self.db_passwords[role]}@127.0.0.1:{port}/bacpipes"
+            doc = {**self._admin_docs[db], "database": {"dsn": own}}
+            _write_toml(d / name, doc, f"the demo's {db}, as the database role {role}.", private=True)
             self.configs[name] = d / name
 
     def create_roles(self) -> None:
@@ -325,8 +329,9 @@ class Demo:
                 if not cluster.running and not port_free(cluster.port):
                     raise RuntimeError(f"port {cluster.port} ({label} database) is taken by another program: "
                                        "stop it, or start over with --reset (new ports)")
+                # registered before it starts: a signal during the start still stops what did start
+                self.cleanups.append((f"{label} database", lambda c=cluster: _stop_cluster(c)))
                 cluster.start()
-                self.cleanups.append((f"{label} database", lambda c=cluster: c.stop("fast")))
                 cluster.create_database("bacpipes", exist_ok=True)
                 if fresh:
                     self.state.setdefault("initdb", {})[label] = datetime.now().isoformat()
@@ -362,8 +367,8 @@ class Demo:
         with self.steps.step(f"MQTT broker ({kind}) on 127.0.0.1:{port}"):
             if not port_free(port):
                 raise RuntimeError(f"port {port} (MQTT) is taken by another program: stop it, or --reset")
+            self.cleanups.append(("broker", broker.stop))  # before start: see start_databases
             broker.start()
-            self.cleanups.append(("broker", broker.stop))
 
     # -- replication
 
@@ -402,14 +407,15 @@ class Demo:
             worker = threading.Thread(daemon=True, target=lambda: result.update(report=backfill(
                 self.site, days=days, devices=self.opts.devices, interval_s=BACKFILL_INTERVAL_S)))
             worker.start()
-            start = time.time()
-            while worker.is_alive():
+
+            def finished() -> bool:
                 worker.join(0.3)
                 covered = _span_days(self.site)
                 if covered is not None:
                     update(completed=min(days, covered), text=f"{min(days, covered):.1f} days")
-                if time.time() - start > 600:
-                    raise TimeoutError("the backfill took more than 10 minutes")
+                return not worker.is_alive()
+
+            poll_until(finished, 600, interval=0, what="the end of the backfill")
             if "report" not in result:
                 raise RuntimeError("the backfill failed: see the log above")
             report = result["report"]
@@ -427,17 +433,17 @@ class Demo:
             total = s.execute("SELECT count(*) FROM sensor_readings").fetchone()[0]  # type: ignore[index]
         with self.steps.step("replicate the history to central", total=total) as update, \
                 connect(self.central.database.dsn, autocommit=True) as c:
-            deadline = time.monotonic() + 300
-            while True:
+
+            def replicated() -> bool:
                 have = c.execute("SELECT count(*) FROM sensor_readings WHERE site_id = %s",
                                  (SITE_ID,)).fetchone()[0]  # type: ignore[index]
                 update(completed=have)
-                if have >= total:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"central has {have} of {total} readings after 5 minutes: "
-                                       f"see {self.dir / 'central-db' / 'server.log'}")
-                time.sleep(0.5)
+                return have >= total
+
+            try:
+                poll_until(replicated, 300, interval=0.5, what=f"all {total} readings on central")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}: see {self.dir / 'central-db' / 'server.log'}") from None
 
     # -- flows
 
@@ -451,7 +457,9 @@ class Demo:
         where = "central" if self.linked else "the site database"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(self.dir / "prefect"), PREFECT_LOGGING_LEVEL="WARNING",
-                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
+                   # its first start migrates a new database: past Prefect's 20 s on a busy machine
+                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
         config = self.configs["flows.toml"]  # as bacpipes_flows_runner, on central (or the site alone)
         name = f"flows on {where}: baseline, train → ONNX → registry → shadow deployment (Prefect)"
         log_path = self.dir / "logs" / "flows.log"
@@ -497,12 +505,9 @@ class Demo:
         assert self.site is not None
         with self.steps.step("shadow deployment replicated to the site"), \
                 connect(self.site.database.dsn, autocommit=True) as s:
-            deadline = time.monotonic() + 120
-            while not s.execute("SELECT 1 FROM model_deployments WHERE site_id = %s AND version = %s",
-                                (SITE_ID, version)).fetchone():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the deployment did not reach the site within 2 minutes")
-                time.sleep(0.3)
+            query = "SELECT 1 FROM model_deployments WHERE site_id = %s AND version = %s"
+            poll_until(lambda: s.execute(query, (SITE_ID, version)).fetchone(), 120, interval=0.3,
+                       what=f"model {version} deployed on the site")
 
     # -- the app
 
@@ -529,15 +534,14 @@ class Demo:
 
     def wait_apps(self, apps: list[tuple[str, subprocess.Popen[bytes], str]]) -> None:
         for label, proc, url in apps:
+
+            def answers(proc: subprocess.Popen[bytes] = proc, url: str = url, label: str = label) -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the {label} app exited: see {self.dir / 'logs' / f'ui-{label}.log'}")
+                return _healthy(url)
+
             with self.steps.step(f"{label} app (Streamlit) at {url}"):
-                deadline = time.monotonic() + 90
-                while not _healthy(url):
-                    if proc.poll() is not None:
-                        log_file = self.dir / "logs" / f"ui-{label}.log"
-                        raise RuntimeError(f"the {label} app exited: see {log_file}")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the {label} app did not answer at {url} within 90 s")
-                    time.sleep(0.3)
+                poll_until(answers, 90, interval=0.3, what=f"the {label} app answering at {url}")
             self.urls[label] = url
 
     # -- building and agent
@@ -552,8 +556,8 @@ class Demo:
             start = datetime.now(self.site.site.tz).replace(tzinfo=None, microsecond=0)
             building = ThreadedBuilding(devices=self.opts.devices, address_base=ADDRESS_BASE, seed=0,
                                         speed=self.opts.speed, start=start)
+            self.cleanups.append(("virtual building", building.stop))  # before start: see start_databases
             building.start()
-            self.cleanups.append(("virtual building", building.stop))
         apps = self.start_apps()
         watcher = _print_readings(self.site) if self.opts.readings else None
         if watcher is not None:
@@ -562,7 +566,7 @@ class Demo:
         async def main() -> None:
             agent = EdgeAgent(load_settings(self.configs["edge.toml"]))  # as bacpipes_edge
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, agent.request_stop)
             task = asyncio.create_task(agent.run(discover_first=True))
             try:
@@ -686,8 +690,9 @@ class Demo:
     # -- run
 
     def run(self) -> int:
+        """Every way the demo ends (done, Ctrl-C, `kill`, the terminal closed) goes through `stop_all`."""
         t0 = time.monotonic()
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in STOP_SIGNALS}
         try:
             self.prepare_folder()
             first = "backfill" not in self.state
@@ -705,14 +710,14 @@ class Demo:
             self.steps.done()
             self.steps.say("interrupted")
         finally:
+            for sig in STOP_SIGNALS:  # a second Ctrl-C / TERM / HUP must not cut the cleanup short
+                signal.signal(sig, _ignore)
             self.steps.done()
-            signal.signal(signal.SIGTERM, _ignore)  # a second Ctrl-C / TERM must not cut the cleanup short
-            signal.signal(signal.SIGINT, _ignore)
             try:
                 self.stop_all()
             finally:
-                signal.signal(signal.SIGTERM, previous)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in self.steps.timings.items())
         log.info("demo timings: %s; total %.1f s", timings, time.monotonic() - t0)
         (self.dir / "logs" / "timings.json").write_text(json.dumps(self.steps.timings, indent=2) + "\n")
@@ -732,12 +737,28 @@ class Demo:
 # --- helpers -------------------------------------------------------------------------------------
 
 
+def _write_toml(path: Path, doc: dict[str, Any], about: str, *, private: bool = False) -> None:
+    """A settings file written by tomli_w, so any folder name (quotes, backslashes, non-ASCII) comes back
+    as written; `private` ones hold a password and are readable by their owner only."""
+    header = f"Written by `bacpipes demo` (regenerated on every run): {about}"
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + "\n" + tomli_w.dumps(doc)
+    if private:
+        _write_private(path, text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
 def _write_private(path: Path, text: str) -> None:
     """`text` into `path`, readable by its owner only (it holds a password)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(text)
+
+
+def _stop_cluster(cluster: PostgresCluster) -> None:
+    if cluster.running:
+        cluster.stop("fast")
 
 
 def _demo_hba(base: str | None) -> str:
@@ -767,6 +788,52 @@ def _demo_hba(base: str | None) -> str:
 
 def _raise_interrupt(_sig: int, _frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+class _MayVanish:
+    """stdout or stderr whose reader may go away: the terminal closed (EIO), or `bacpipes demo | tee log`
+    with tee killed by the same Ctrl-C (EPIPE). The first failed write points the file descriptor at
+    /dev/null, so the orderly shutdown that follows still runs and still stops every child."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (a test's capture): drop the stream instead
+            self._stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        finally:
+            os.close(devnull)
+        with contextlib.suppress(OSError):
+            self._stream.flush()  # what was still buffered goes to /dev/null too
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _console_may_vanish() -> Iterator[None]:
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _MayVanish(sys.stdout), _MayVanish(sys.stderr)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _ignore(_sig: int, _frame: Any) -> None:
@@ -870,8 +937,9 @@ def run_demo(
     opts = Options(dir=Path(directory) if directory else DEFAULT_DIR, reset=reset, days=days, devices=devices,
                    seconds=seconds, interval_s=interval_s, speed=speed, app=app, readings=readings,
                    status_every=status_every)
-    _quiet_console(opts.dir, verbose)
-    return Demo(opts).run()
+    with _console_may_vanish():
+        _quiet_console(opts.dir, verbose)
+        return Demo(opts).run()
 
 
 def _quiet_console(directory: Path, verbose: bool) -> None:
@@ -892,11 +960,11 @@ def _quiet_console(directory: Path, verbose: bool) -> None:
 def _flows_child(config: str, days: int, models_dir: str) -> None:  # pragma: no cover - child process
     """Run in a child process (`python -m bacpipes.cli.demo flows …`) so Prefect's temporary server goes away
     with it; prints one JSON line per finished flow."""
-    from flows.ml import baseline_flow, train_flow
+    from flows.registry import FLOWS
 
-    result = baseline_flow(config, days=days)
+    result = FLOWS["baseline"](config, days=days)
     print(json.dumps({"flow": "baseline", "result": result}, default=str), flush=True)
-    result = train_flow(config, days=days, models_dir=models_dir)
+    result = FLOWS["train"](config, days=days, models_dir=models_dir)  # the demo's folder, not var/models
     result.pop("metrics", None)
     print(json.dumps({"flow": "train", "result": result}, default=str), flush=True)
 

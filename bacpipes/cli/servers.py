@@ -12,6 +12,9 @@ Binaries are found, in order:
 
 initdb and pg_ctl refuse to run as root: as root the server binaries run as the `postgres` user
 (runuser), and the cluster's folder is given to that user.
+
+Any folder name works (quotes, backslashes, spaces, non-ASCII): `pg_ctl start` pastes `-D` and `-l` into a
+shell line between double quotes, so the data folder goes in `$PGDATA` and the log is pg_ctl's stdout.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bacpipes.pg_binaries import SERVER_USER, find_pg_bin
+from bacpipes.waiting import poll_until
 
 _SOCKET_MAX = 100  # a unix socket path is limited to 107 bytes; longer folders get no socket
 
@@ -162,10 +166,12 @@ class PostgresCluster:
             command = ["runuser", "-u", SERVER_USER, "--", *command]
         return command
 
-    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str, timeout: float = 120, stdout: IO[Any] | int = subprocess.PIPE,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """A server binary, as `postgres` when we are root (initdb/pg_ctl refuse root)."""
-        result = subprocess.run(self._command(*args), capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+        result = subprocess.run(self._command(*args), stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                timeout=timeout, stdin=subprocess.DEVNULL,
+                                env=None if env is None else {**os.environ, **env})
         if result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}"
                                f"{self.log_tail()}")
@@ -199,7 +205,11 @@ class PostgresCluster:
         return self
 
     def _socket_dir(self) -> str:
-        return str(self.root) if len(f"{self.root}/.s.PGSQL.{self.port}") <= _SOCKET_MAX else ""
+        """The folder as a one-item list value (double-quoted, inner quotes doubled: a comma or a quote in
+        the name stays part of it), or none when the socket's path would be too long."""
+        if len(f"{self.root}/.s.PGSQL.{self.port}".encode()) > _SOCKET_MAX:
+            return ""
+        return '"' + str(self.root).replace('"', '""') + '"'
 
     def start(self, timeout: float = 60) -> PostgresCluster:
         if not self.initialised:
@@ -208,8 +218,10 @@ class PostgresCluster:
             return self
         options = {"port": str(self.port), "unix_socket_directories": self._socket_dir(), **self.settings}
         opts = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in options.items())
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "start", "-w",
-                  "-t", str(int(timeout)), timeout=timeout + 10)
+        # the server inherits pg_ctl's stdout: the log file, opened here (no path in pg_ctl's shell line)
+        with self.log.open("ab") as log:
+            self._run("pg_ctl", "-o", opts, "start", "-w", "-t", str(int(timeout)), timeout=timeout + 10,
+                      stdout=log, env={"PGDATA": str(self.data)})
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -369,19 +381,23 @@ class MosquittoBroker:
             raise RuntimeError(f"broker on port {self.port} is already running")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_conf()
-        self.process = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"{Path(self._command()[0]).name} exited with {self.process.returncode}:"
+        process = self.process = subprocess.Popen(
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                err = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError(f"{Path(self._command()[0]).name} exited with {process.returncode}:"
                                    f" {err}{self.log_tail()}")
-            if listening(self.port):
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise TimeoutError(f"the broker did not listen on {self.port} within {timeout}s")
+            return listening(self.port)
+
+        try:
+            poll_until(up, timeout, interval=0.02, what=f"the broker listening on {self.port}")
+        except TimeoutError:
+            self.kill()
+            raise
+        return self
 
     @property
     def running(self) -> bool:
