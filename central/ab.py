@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import psycopg
 
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
 from bacpipes.zones import find_zones, site_hourly
+from central.baselines import latest_baseline
 from models.ab import Period, PeriodResult, discomfort_kh
-from models.baseline import BaselineModel
 
 
 def publish_schedule(conn: psycopg.Connection, site_id: str, periods: Sequence[Period]) -> int:
@@ -32,12 +33,10 @@ def score(settings: Settings, periods: Sequence[Period]) -> list[PeriodResult]:
     """Energy normalised by the latest stored baseline, and discomfort per zone, for each period."""
     start, end = periods[0].start, periods[-1].end
     with connect(settings.database.dsn) as conn:
-        row = conn.execute("SELECT model FROM baseline_models WHERE site_id = %s ORDER BY fitted_at DESC"
-                           " LIMIT 1", (settings.site.id,)).fetchone()
+        baseline = latest_baseline(conn, settings.site.id)
         zones = find_zones(conn, settings.site.id)
-    if row is None:
-        raise ValueError(f"no baseline stored for {settings.site.id}: run the baseline flow first")
-    baseline = BaselineModel.from_dict(row[0])
+    if baseline is None:
+        raise UserError(f"no baseline stored for {settings.site.id}: run the baseline flow first")
     hourly = site_hourly(settings, start, end)
     predicted = baseline.predict(hourly)
     temps = load_readings([z.points["zone_temp"] for z in zones], start, end, every="1h", settings=settings)

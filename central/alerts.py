@@ -1,5 +1,6 @@
 """Operations alerts: the seed's rules, judged against a site or the central database, stored in `alerts`
-and sent to a webhook and by e-mail when they are new.
+and sent to a webhook and by e-mail when they are new. `raise_alert` is the one writer of that table (the
+flows raise theirs through it too) and `deliver` the one way out.
 
 Each rule gives a verdict per site (a message when the condition holds, None when it does not). An open
 alert is never raised twice for the same rule and site; it is resolved when a later verdict is healthy.
@@ -290,6 +291,20 @@ def evaluate(conn: psycopg.Connection, settings: Settings, central: bool) -> lis
 _COLUMNS = "id, site_id, source, severity, message, raised_at, resolved_at"
 
 
+def raise_alert(conn: psycopg.Connection, site_id: str | None, source: str, severity: str, message: str, *,
+                raised_at: datetime | None = None, resolved: bool = False) -> Alert:
+    """Store one alert: the only writer of `alerts`, for the rules here and for the flows alike. The caller
+    sends what it raised with `deliver` once its transaction is committed (`run_alerts` does for the rules),
+    so an alert from a flow reaches the webhook and the mail as a rule's does. `raised_at` and `resolved`
+    record an episode that is already over (the database outage, stored once it answers again)."""
+    row = conn.execute(
+        f"INSERT INTO alerts (site_id, source, severity, message, raised_at, resolved_at)"
+        f" VALUES (%s, %s, %s, %s, coalesce(%s, now()), CASE WHEN %s THEN now() END) RETURNING {_COLUMNS}",
+        (site_id, source, severity, message, raised_at, resolved),
+    ).fetchone()
+    return Alert(*row)  # type: ignore[misc]
+
+
 def apply(conn: psycopg.Connection, verdicts: list[Verdict], monitored: list[str] | None = None) -> Changes:
     """Raise what is new, resolve what cleared, leave the rest. `monitored`: the sites judged this run;
     an open rule alert for a site no longer among them (unlinked) is resolved too."""
@@ -303,11 +318,7 @@ def apply(conn: psycopg.Connection, verdicts: list[Verdict], monitored: list[str
         for v in verdicts:
             current = opened.get((source(v.rule), v.site_id))
             if v.message is not None and current is None:
-                row = conn.execute(
-                    f"INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, %s, %s, %s)"
-                    f" RETURNING {_COLUMNS}", (v.site_id, source(v.rule), v.severity, v.message)
-                ).fetchone()
-                changes.raised.append(Alert(*row))  # type: ignore[misc]
+                changes.raised.append(raise_alert(conn, v.site_id, source(v.rule), v.severity, v.message))
             elif v.message is None and current is not None:
                 changes.resolved.append(_resolve(conn, current.id))
         if monitored is not None:
@@ -457,12 +468,8 @@ def _database_back(conn: psycopg.Connection, conf: AlertSettings, site_id: str |
         return []
     out = []
     if state.get("delivered"):
-        row = conn.execute(
-            f"INSERT INTO alerts (site_id, source, severity, message, raised_at, resolved_at)"
-            f" VALUES (%s, %s, 'critical', %s, %s, now()) RETURNING {_COLUMNS}",
-            (site_id, source("db_down"), state.get("message") or "database not answering",
-             state["down_since"]),
-        ).fetchone()
-        out.append(Alert(*row))  # type: ignore[misc]
+        out.append(raise_alert(conn, site_id, source("db_down"), "critical",
+                               state.get("message") or "database not answering",
+                               raised_at=datetime.fromisoformat(state["down_since"]), resolved=True))
     Path(conf.state_path).unlink(missing_ok=True)
     return out

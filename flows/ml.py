@@ -2,28 +2,33 @@
 and the A/B evaluation that rolls a worse model back.
 
 Each flow takes a settings file (the central database, and `[site] id` = the site it works for) and a
-time window; tasks retry on transient database errors. `bacpipes flows run NAME` runs one now.
+time window; tasks retry on transient database errors (only those: a user's mistake or a bug fails at
+once). Alerts go through `central.alerts`, baselines through `central.baselines`.
+`bacpipes flows run NAME` runs one now.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import psycopg
-from prefect import flow, get_run_logger, task
-from psycopg.types.json import Jsonb
+from prefect import Task, flow, get_run_logger, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
 from central.ab import publish_schedule, score
+from central.alerts import deliver, raise_alert
+from central.baselines import store_baseline
 from central.registry import deploy, register, rollback
 from models.ab import Period, PeriodResult, evaluate, switchback
-from models.baseline import fit_baseline, metrics
+from models.baseline import fit_baseline
 from models.features import build_features
 from models.setpoint import export, train
 from sim.closed_loop import closed_loop
@@ -34,25 +39,31 @@ def _window(days: int, end: datetime | None) -> tuple[datetime, datetime]:
     return end - timedelta(days=days), end
 
 
-@task(retries=3, retry_delay_seconds=10)
+def transient(task: Task, run: TaskRun, state: State) -> bool:
+    """Retry what may pass by itself (the database away for a moment), never a mistake or a bug: retrying
+    those only delays the failure by the retries' delays."""
+    try:
+        state.result()
+    except psycopg.OperationalError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=transient)
 def fit_and_store_baseline(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
-    frame = site_hourly(settings, start, end)
-    model = fit_baseline(frame)
-    scored = metrics(frame["energy_kwh"], model.predict(frame), model.n_params)
+    model = fit_baseline(site_hourly(settings, start, end))
+    scored = model.metrics  # in-sample, on the hours with every input (zero electricity readings are gaps)
+    raised = []
     with connect(settings.database.dsn) as conn:
-        conn.execute(
-            "INSERT INTO baseline_models (site_id, period_start, period_end, cv_rmse, nmbe, r_squared,"
-            " meets_guideline_14, model) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (settings.site.id, start, end, scored.cv_rmse, scored.nmbe, scored.r_squared,
-             scored.meets_guideline_14, Jsonb(json.loads(json.dumps(model.to_dict(), default=str)))),
-        )
+        store_baseline(conn, settings.site.id, start, end, model)
         if not scored.meets_guideline_14:
-            conn.execute(
-                "INSERT INTO alerts (site_id, source, severity, message)"
-                " VALUES (%s, 'baseline', 'warning', %s)",
-                (settings.site.id, f"baseline misses ASHRAE Guideline 14: CV(RMSE) {scored.cv_rmse:.1%}, "
-                                   f"NMBE {scored.nmbe:.1%}"),
-            )
+            raised.append(raise_alert(
+                conn, settings.site.id, "baseline", "warning",
+                f"baseline misses ASHRAE Guideline 14: CV(RMSE) {scored.cv_rmse:.1%}, NMBE {scored.nmbe:.1%}",
+            ))
+    deliver(raised, settings.alerts)
     return {"cv_rmse": scored.cv_rmse, "nmbe": scored.nmbe, "r_squared": scored.r_squared,
             "meets_guideline_14": scored.meets_guideline_14, "hours": scored.n}
 
@@ -67,13 +78,13 @@ def baseline_flow(config: str | None = None, days: int = 90, end: datetime | Non
     return result
 
 
-@task(retries=3, retry_delay_seconds=10)
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=transient)
 def training_set(settings: Settings, start: datetime, end: datetime, every: timedelta) -> pl.DataFrame:
     tz = settings.site.timezone
     with connect(settings.database.dsn) as conn:
         zones = find_zones(conn, settings.site.id)
         if not zones:
-            raise ValueError(f"site {settings.site.id} has no zones with every role (see bacpipes.zones)")
+            raise UserError(f"site {settings.site.id} has no zones with every role (see bacpipes.zones)")
         frames = [build_features(zone_frame(z, start, end, every, settings, conn), tz) for z in zones]
     return pl.concat(frames).sort("time")
 
@@ -109,7 +120,7 @@ def train_flow(
     return result
 
 
-@task(retries=3, retry_delay_seconds=10)
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=transient)
 def score_periods(settings: Settings, periods: list[Period]) -> list[PeriodResult]:
     return score(settings, periods)
 
@@ -127,10 +138,9 @@ def ab_flow(config: str | None = None, start: datetime | None = None, days: int 
     if verdict.rollback:
         with psycopg.connect(settings.database.dsn) as conn:
             rolled_back_to = rollback(conn, settings.site.id, settings.ml.model, "flow:ab", verdict.reason)
-            conn.execute(
-                "INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, 'ab', 'critical', %s)",
-                (settings.site.id, f"rolled back to {rolled_back_to}: {verdict.reason}"),
-            )
+            alert = raise_alert(conn, settings.site.id, "ab", "critical",
+                                f"rolled back to {rolled_back_to}: {verdict.reason}")
+        deliver([alert], settings.alerts)
     get_run_logger().info("A/B for %s: %s", settings.site.id, verdict)
     return {"savings": verdict.savings, "ci": verdict.ci, "discomfort_ml": verdict.discomfort_ml,
             "discomfort_baseline": verdict.discomfort_baseline, "rollback": verdict.rollback,

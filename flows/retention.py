@@ -1,6 +1,7 @@
 """The retention check, on a site or on central: partitions older than the retention are gone and the
 next days' partitions exist. With `enforce` (the default) it first applies the retention; either way
-it reports, and raises an alert row when the database is not as it should be."""
+it reports, and raises an alert (stored and sent, as the alert rules' are) when the database is not as it
+should be."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from bacpipes.db import connect
 from bacpipes.partitions import DEFAULT_DAYS_AHEAD, Partition, apply_retention, list_partitions
 from bacpipes.settings import Settings, load_settings
+from central.alerts import deliver, raise_alert
 
 
 def _covers(partition: Partition, moment: datetime) -> bool:
@@ -32,9 +34,10 @@ def check_retention(settings: Settings, days: int, enforce: bool) -> dict[str, A
         problems = [f"{len(expired)} partition(s) older than {days} days: {', '.join(expired)}"]
         problems = problems if expired else []
         problems += [f"no partition yet for {', '.join(missing)}"] if missing else []
+        raised = []
         if problems:
-            conn.execute("INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, 'retention',"
-                         " 'warning', %s)", (settings.site.id, "; ".join(problems)))
+            raised.append(raise_alert(conn, settings.site.id, "retention", "warning", "; ".join(problems)))
+    deliver(raised, settings.alerts)
     return {"days": days, "dropped": dropped, "expired": expired, "missing_ahead": missing,
             "rejects_deleted": applied.rejects_deleted if applied else 0, "ok": not problems}
 

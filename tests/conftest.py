@@ -13,12 +13,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from bacpipes.cli import prefect_environment
 from bacpipes.db import migrate
 from bacpipes.settings import Settings, load_settings
 from tests.brokers import MosquittoBroker
 
-# Prefect's temporary server gets 20 s to start by default; a loaded 2-core machine needs more
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# the tests' Prefect runs as the CLI's does: never calling home, and time for its temporary server to start
+prefect_environment(os.environ)
 
 ADMIN_DSN = os.environ.get("BACPIPES_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -49,7 +50,7 @@ def prefect() -> Iterator[None]:
     """One temporary Prefect server for every flow test (it takes ~10 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=None):  # None: the setting above
         yield
 
 

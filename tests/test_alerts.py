@@ -22,6 +22,7 @@ from central.alerts import judge_site_replication, run_alerts
 from flows.ops import alerts_flow
 from tests.brokers import free_port
 from tests.pgcluster import PgCluster
+from tests.test_flows import writers_of
 
 SITE = "s1"
 
@@ -338,3 +339,8 @@ def test_alerts_flow_runs_once(prefect, db_dsn: str, tmp_path: Path, webhook: We
     assert result["database"] == "up" and [a["source"] for a in result["raised"]] == ["alerts:agent_offline"]
     assert result["delivery"] == {"webhook_sent": 1, "webhook_failed": 0, "mail_sent": 1, "mail_failed": 0}
     assert webhook.bodies[0]["source"] == "alerts:agent_offline" and len(sink.messages) == 1
+
+
+def test_alerts_are_written_in_one_place() -> None:
+    """Every writer (the rules, the flows) goes through central.alerts.raise_alert."""
+    assert writers_of("alerts") == ["central/alerts.py"]

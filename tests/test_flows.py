@@ -8,10 +8,19 @@ from pathlib import Path
 import psycopg
 
 from bacpipes.settings import load_settings
+from central.baselines import latest_baseline
 from flows.ml import baseline_flow, train_flow
 from sim.backfill import backfill
 
 END = datetime(2026, 7, 29, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bacpipes", "central", "edge", "flows", "models", "sim", "streamlit_app")
+
+
+def writers_of(table: str) -> list[str]:
+    """The modules of the house that insert into `table`."""
+    return sorted(str(f.relative_to(ROOT)) for package in PACKAGES for f in (ROOT / package).rglob("*.py")
+                  if f"INSERT INTO {table} " in f.read_text())
 
 
 def config(tmp_path: Path, dsn: str) -> str:
@@ -27,7 +36,10 @@ def test_baseline_flow_fits_and_stores_guideline_14_metrics(prefect, db_dsn: str
     result = baseline_flow(config(tmp_path, db_dsn), days=35, end=END)
     with psycopg.connect(db_dsn) as conn:
         stored = conn.execute("SELECT cv_rmse, nmbe, meets_guideline_14 FROM baseline_models").fetchone()
+        model = latest_baseline(conn, "sim-site")
+        assert latest_baseline(conn, "another-site") is None
     assert stored == (result["cv_rmse"], result["nmbe"], result["meets_guideline_14"])
+    assert model is not None and model.metrics.cv_rmse == result["cv_rmse"]  # the model itself, kept
     assert result["hours"] > 24 * 30
     assert result["meets_guideline_14"], result  # the virtual building is a well-behaved site
 
@@ -43,3 +55,7 @@ def test_train_flow_exports_registers_and_deploys_in_shadow(prefect, db_dsn: str
         deployed = conn.execute("SELECT version, mode, sha256 FROM model_deployments").fetchall()
         registered = conn.execute("SELECT version, sha256 FROM model_registry").fetchall()
     assert deployed == [("7", "shadow", result["sha256"])] and registered == [("7", result["sha256"])]
+
+
+def test_baselines_are_stored_in_one_place() -> None:
+    assert writers_of("baseline_models") == ["central/baselines.py"]

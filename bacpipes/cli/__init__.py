@@ -7,11 +7,14 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
 
 import psycopg
+from pydantic import ValidationError
 
-from bacpipes.settings import load_settings
+from bacpipes.errors import UserError
+from bacpipes.settings import Settings, load_settings
 
 WRITE_LIMIT_ARGS = {
     "min_value": "--min", "max_value": "--max", "ml_min_value": "--ml-min", "ml_max_value": "--ml-max",
@@ -35,9 +38,6 @@ def _db_migrate(args: argparse.Namespace) -> int:
 def _db_roles(args: argparse.Namespace) -> int:
     """The processes' login roles (sql/018_roles.sql has their groups). Passwords from
     $BACPIPES_DB_PASSWORD_<ROLE>, else generated for a new role and written 0600 next to the config."""
-    import os
-    from pathlib import Path
-
     from bacpipes.db import LOGIN_ROLES, ensure_login_roles, password_variable
 
     given = {r: os.environ[password_variable(r)] for r in LOGIN_ROLES if os.environ.get(password_variable(r))}
@@ -236,7 +236,7 @@ def _write(args: argparse.Namespace) -> int:
     from bacpipes.db import connect
 
     if args.release == (args.value is not None):
-        raise ValueError("give either --value or --release")
+        raise UserError("give either --value or --release")
     settings = load_settings(args.config)
     command = Command(
         settings.site.id, args.point, args.value, priority=args.priority, release=args.release,
@@ -334,8 +334,6 @@ def _site_status(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bacpipes import certs
     from bacpipes.replication import CENTRAL_ROLE, site_role
 
@@ -356,13 +354,18 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     """Serve the Streamlit app; it reads the same settings file (passed on as $BACPIPES_CONFIG)."""
-    from pathlib import Path
-
     settings = load_settings(args.config)
     env = dict(os.environ)
     if args.config:
         env["BACPIPES_CONFIG"] = str(Path(args.config).resolve())
-    app = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
+    command = streamlit_command(args, settings)
+    os.execvpe(command[0], command, env)  # Streamlit takes over this process (signals included)
+
+
+def streamlit_command(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """`streamlit run` for the app: headless, and its usage statistics off (a site's or central's app never
+    reports to anyone but its operators), HTTPS with a certificate and key."""
+    app = Path(__file__).resolve().parent.parent.parent / "streamlit_app" / "app.py"
     if not app.exists():  # installed as a wheel
         import streamlit_app
 
@@ -377,18 +380,18 @@ def _ui(args: argparse.Namespace) -> int:
     ]
     cert, key = args.cert or settings.ui.cert_file, args.key or settings.ui.key_file
     if bool(cert) != bool(key):
-        raise ValueError("HTTPS needs both a certificate and its key (--cert and --key, or [ui] cert_file "
-                         "and key_file)")
+        raise UserError("HTTPS needs both a certificate and its key (--cert and --key, or [ui] cert_file "
+                        "and key_file)")
     if cert and key:
         for path in (cert, key):
             if not Path(path).is_file():
-                raise ValueError(f"no such file: {path}")
+                raise UserError(f"no such file: {path}")
         command += ["--server.sslCertFile", str(Path(cert).resolve()),
                     "--server.sslKeyFile", str(Path(key).resolve())]
     elif host not in ("127.0.0.1", "::1", "localhost"):
         print(f"warning: serving plain HTTP on {host}: passwords cross the network in clear unless a TLS "
               "proxy is in front; use --cert/--key (bacpipes certs makes a pair)", file=sys.stderr)
-    os.execvpe(command[0], command, env)  # Streamlit takes over this process (signals included)
+    return command
 
 
 def _users(args: argparse.Namespace) -> int:
@@ -400,7 +403,7 @@ def _users(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.users_command == "unlock":
         if not (args.name or args.address):
-            raise ValueError("name a user or an --address to unlock")
+            raise UserError("name a user or an --address to unlock")
         with connect(settings.database.dsn) as conn:
             lifted = unlock(conn, username=args.name, address=args.address)
         print(f"unlocked {' and '.join(filter(None, [args.name, args.address]))}"
@@ -409,7 +412,7 @@ def _users(args: argparse.Namespace) -> int:
     if args.users_command == "disable":
         with connect(settings.database.dsn) as conn:
             if not disable(conn, args.name):
-                raise ValueError(f"no user {args.name!r}")
+                raise UserError(f"no user {args.name!r}")
         print(f"user {args.name} disabled (an open session loses access at its next interaction)")
         return 0
     if args.users_command == "list":
@@ -424,7 +427,7 @@ def _users(args: argparse.Namespace) -> int:
     else:
         password = getpass.getpass(f"password for {args.name}: ")
         if getpass.getpass("again: ") != password:
-            raise ValueError("the passwords differ")
+            raise UserError("the passwords differ")
     with connect(settings.database.dsn) as conn:
         add_user(conn, args.name, password, args.role)
         database = conn.info.dbname  # never the DSN: it may hold a password
@@ -499,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_flow.add_argument("name", help="baseline, train, ab-plan, ab, retention, alerts or backup"
                           " (flows.registry)")
     run_flow.add_argument("--days", type=int, help="history window (default: the flow's)")
-    run_flow.set_defaults(func=_flows_run)
+    run_flow.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="Prefect's progress and every HTTP request to its server, too")
+    run_flow.set_defaults(func=_flows_run, quiet=True)  # its output is the flow's result (JSON)
     serve_flows = with_config(flows.add_parser("serve", help="run every flow on its schedule"))
     serve_flows.add_argument("--central", action="store_true", help="retention with central's days")
     serve_flows.set_defaults(func=_flows_serve)
@@ -602,26 +607,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def prefect_environment(env: MutableMapping[str, str], *, quiet: bool = False) -> None:
+    """Prefect's settings for our processes, in `env` before Prefect is first imported (it reads them then,
+    and the temporary server it starts inherits them). A PREFECT_* value the operator set always wins."""
+    if "PREFECT_SERVER_ANALYTICS_ENABLED" not in env:  # a site or central never calls home unasked
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # the server's telemetry, and the SDK's with it
+        env.setdefault("DO_NOT_TRACK", "1")  # the SDK's analytics, should it ever stop asking the server
+    # Prefect's client asks every server for a CSRF token; a server without CSRF protection (Prefect's
+    # default) answers 422 and the client stops asking. Protecting the temporary server instead answers
+    # the question properly (a local server's API, reachable from any browser tab, is better protected).
+    env.setdefault("PREFECT_SERVER_CSRF_PROTECTION_ENABLED", "true")
+    # Prefect gives its temporary server 20 s, which its first start (creating its database) on a busy
+    # machine can need more than: a flow must not fail because the scheduler's bookkeeping started slowly.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if quiet:  # the flow's result and failures, not its progress
+        env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed flow's exception with its traceback. A user's mistake needs none (the CLI says
+    it in one line); a bug keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """INFO for services, WARNING for a command whose output is its result (`quiet`); each HTTP request
+    Prefect's client makes only with --verbose."""
+    quiet = getattr(args, "quiet", False) and not args.verbose
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_UserErrorsWithoutTraceback())
+    if not args.verbose:
+        for name in ("httpx", "uvicorn"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    prefect_environment(os.environ, quiet=quiet)
+
+
+def _named_by_user(exc: OSError, args: argparse.Namespace) -> bool:
+    """Whether the missing file is one the user named on the command line (not one the code expected)."""
+    if exc.filename is None:
+        return False
+    given = {os.path.abspath(v) for v in vars(args).values() if isinstance(v, str)}
+    return os.path.abspath(exc.filename) in given
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. A user's mistake (UserError) or environment (a file they named is missing, the
+    database cannot be reached, the settings do not validate) is one line and exit 2 (3: the database);
+    anything else is a bug and keeps its traceback."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
     from bacpipes.db import redact_error  # an error must never show a DSN's password
+
+    def user_error(message: str, code: int = 2) -> int:
+        print(f"bacpipes: error: {redact_error(message)}".rstrip(), file=sys.stderr)
+        return code
 
     try:
         return args.func(args) or 0
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"bacpipes: error: {redact_error(str(exc))}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        return user_error(str(exc))
+    except FileNotFoundError as exc:
+        if not _named_by_user(exc, args):
+            raise
+        return user_error(f"no such file: {exc.filename}")
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return user_error(f"invalid settings: {problems}")  # without the values: one may be a password
     except psycopg.OperationalError as exc:
-        print(f"bacpipes: error: database unavailable: {redact_error(str(exc))}".rstrip(), file=sys.stderr)
-        return 3
+        return user_error(f"database unavailable: {exc}", 3)
     except psycopg.ProgrammingError as exc:
         if redact_error(str(exc)) == str(exc):  # not libpq refusing a connection string: a bug, traced
             raise
         # libpq quotes the piece it could not parse, which may be a password: no traceback, quotes elided
-        print(f"bacpipes: error: invalid database connection string: {redact_error(str(exc))}".rstrip(),
-              file=sys.stderr)
-        return 2
+        return user_error(f"invalid database connection string: {exc}")
