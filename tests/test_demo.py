@@ -1,21 +1,24 @@
-"""`bacpipes demo` as a user runs it: the real command, in its own folder, with its own databases, broker,
-virtual building, agent, flows and app; checked on what it leaves behind, then run again and reset."""
+"""`bacpipes demo` as a user runs it: the real command, in its own folder (named with quotes, a backslash and
+a non-ASCII letter), with its own databases, broker, virtual building, agent, flows and app; checked on what
+it leaves behind, then run again, stopped with its output pipe gone, and reset and stopped by the terminal
+closing: however it stops, every process it started stops with it."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -23,62 +26,89 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from bacpipes.cli.servers import listening
+from bacpipes.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(400)
 
 SITE = "macau-casino"
 
 
+MARK = "BACPIPES_DEMO_TEST"  # inherited by everything the demo starts, however it starts it
+
+
 class Run:
-    """The demo as a child process; its output collected line by line as it comes."""
+    """The demo as a child process; its output read as it comes (and closable, as when `tee` dies)."""
 
     def __init__(self, directory: Path, *args: str) -> None:
-        self.lines: list[str] = []
+        self.directory = directory
+        self.mark = uuid.uuid4().hex
         self.started = time.monotonic()
+        self.output = b""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bacpipes.cli", "demo", "--dir", str(directory), "--days", "10",
              "--status-every", "3", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, MARK: self.mark},
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
 
     @property
     def text(self) -> str:
-        return "\n".join(self.lines)
+        return self.output.decode(errors="replace")
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        if not self.proc.stdout.closed and select.select([self.proc.stdout], [], [], 0.2)[0]:
+            self.output += os.read(self.proc.stdout.fileno(), 65536)
+
+    def wait_until(self, check: Callable[[], object], timeout: float, what: str) -> object:
+        """Read the output until `check()` holds; fail at once if the demo exits."""
+        def ready() -> object:
+            self._pump()
+            assert self.proc.poll() is None, f"the demo exited ({self.proc.returncode}):\n{self.text}"
+            return check()
+
+        return poll_until(ready, timeout, interval=0, what=what)
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.text)
-            if found:
-                return found
-            assert self.proc.poll() is None, f"the demo exited ({self.proc.returncode}):\n{self.text}"
-            time.sleep(0.2)
-        raise AssertionError(f"no {pattern!r} within {timeout:.0f} s:\n{self.text}")
+        return self.wait_until(lambda: re.search(pattern, self.text), timeout, repr(pattern))
 
-    def finish(self, timeout: float = 120) -> float:
+    def finish(self, timeout: float = 180) -> float:
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            out, _ = self.proc.communicate(timeout=timeout)
+            self.output += out
         assert self.proc.wait(timeout) == 0, self.text
-        self._reader.join(10)
         return time.monotonic() - self.started
+
+    def processes(self) -> list[str]:
+        return started_by(self.mark, self.directory)
+
+    def ports(self) -> list[int]:
+        ports = list(json.loads((self.directory / "demo.json").read_text())["ports"].values())
+        return ports + [int(p) for p in re.findall(r"app \(\w+\):\s+http://127\.0\.0\.1:(\d+)", self.text)]
+
+
+def started_by(mark: str | None, folder: Path) -> list[str]:
+    """Every process a demo started: it inherited the demo's environment (the postmasters, Mosquitto, the
+    apps, the flows child, Prefect's server), names the folder on its command line, or works in it (a
+    PostgreSQL backend rewrites its command line, and its environment with it, but keeps its cwd)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        proc = Path("/proc") / pid
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+        ours = (mark is not None and f"{MARK}={mark}".encode() in environ) or str(folder) in cmdline
+        if (ours or cwd == str(folder) or cwd.startswith(f"{folder}/")) and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline}")
+    return found
 
 
 def demo_processes(directory: Path) -> list[str]:
-    """Every process whose command line names the demo folder (postgres, mosquitto, streamlit…)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(directory) in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline}")
-    return found
+    """Every process of any demo run in the folder."""
+    return started_by(None, directory)
 
 
 def count(dsn: str, query: str, *params: object) -> int:
@@ -92,7 +122,8 @@ def folder() -> Iterator[Path]:
     # could not enter
     directory = Path(tempfile.mkdtemp(prefix="bacpipes-demo-"))
     directory.chmod(0o755)
-    demo = directory / "demo"
+    # quotes, a backslash, a space and a non-ASCII letter: settings files, PostgreSQL and Mosquitto take it
+    demo = directory / "the \"demo\" folder, o'brien\\é"
     yield demo
     left = demo_processes(demo)
     shutil.rmtree(directory, ignore_errors=True)
@@ -170,7 +201,7 @@ def test_first_run_brings_up_the_whole_platform(folder: Path, first_run: dict) -
     assert (folder / "db-roles.txt").stat().st_mode & 0o077 == 0
     users = {}
     for config in ("edge.toml", "app-site.toml", "app-central.toml", "flows.toml"):
-        dsn = tomllib.loads((folder / config).read_text())["database"]["dsn"]
+        dsn = tomllib.loads((folder / config).read_text(encoding="utf-8"))["database"]["dsn"]
         params = conninfo_to_dict(dsn)
         users[config] = params["user"]
         assert params["password"] == roles[params["user"]] and params["password"] not in text
@@ -198,14 +229,42 @@ def test_second_run_reuses_the_folder(folder: Path, first_run: dict) -> None:
     assert not demo_processes(folder)
 
 
-def test_reset_starts_over(folder: Path, first_run: dict) -> None:
-    run = Run(folder, "--reset", "--seconds", "1", "--no-app")
-    run.wait_for(r"BacPipes demo is running", 240)
+def test_ctrl_c_with_the_output_pipe_gone_stops_everything(folder: Path, first_run: dict) -> None:
+    """`bacpipes demo | tee log`, then Ctrl-C: tee dies, the demo gets SIGINT and every print fails (EPIPE);
+    it still stops everything it started, its apps included."""
+    run = Run(folder)
+    run.wait_for(r"Ctrl-C stops everything", 180)
+    during, ports = run.processes(), run.ports()
+    assert len(ports) == 5 and all(listening(p) for p in ports), (ports, run.text)  # 2 DBs, broker, 2 apps
+    assert run.proc.stdout is not None
+    run.proc.stdout.close()
+    run.proc.send_signal(signal.SIGINT)
+    assert run.proc.wait(180) == 0, run.text
+    assert not run.processes(), (run.processes(), during)
+    assert not [p for p in ports if listening(p)], ports
+    assert not (folder / "demo.pid").exists()  # its last cleanup ran too
+
+
+def test_reset_starts_over_and_the_terminal_closing_stops_it(folder: Path, first_run: dict) -> None:
+    """--reset starts from nothing; closing the terminal (SIGHUP) while its flows child and that child's
+    Prefect server run stops them and every server, as Ctrl-C would."""
+    run = Run(folder, "--reset", "--no-app")
+
+    def flows_running() -> bool:
+        found = " ".join(run.processes())
+        return "bacpipes.cli.demo flows" in found and "prefect.server.api.server" in found
+
+    run.wait_until(flows_running, 300, "the flows child and its Prefect server")
+    during, ports = run.processes(), run.ports()
+    assert all(listening(p) for p in ports), ports  # both databases and the broker are up
+    run.proc.send_signal(signal.SIGHUP)
     run.finish()
     assert "--reset: deleted" in run.text and "first run" in run.text and "backfill 10 days" in run.text
-    assert json.loads((folder / "demo.json").read_text())["runs"] == 1
+    for name in ("site database", "central database", "broker"):
+        assert f"stopped {name}" in run.text, run.text
+    assert not run.processes(), (run.processes(), during)
+    assert not [p for p in ports if listening(p)], ports
     assert first_run["password"] not in (folder / "credentials.txt").read_text()  # new credentials
-    assert not demo_processes(folder)
 
 
 def test_settings_files_take_any_folder_name(tmp_path: Path) -> None:
