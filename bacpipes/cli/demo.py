@@ -57,6 +57,7 @@ from typing import Any, TextIO
 
 import tomli_w
 
+from bacpipes.cli import prefect_environment
 from bacpipes.cli.servers import (
     AmqttBroker,
     PostgresCluster,
@@ -68,6 +69,7 @@ from bacpipes.cli.servers import (
 )
 from bacpipes.contracts import reading_filter
 from bacpipes.db import redact_dsn
+from bacpipes.errors import UserError
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.points import update_points
 from bacpipes.progress import Steps
@@ -176,7 +178,7 @@ class Demo:
         except (OSError, ValueError):
             return
         if pid != os.getpid() and alive(pid):
-            raise RuntimeError(f"another demo (pid {pid}) is running in {self.dir}: stop it first")
+            raise UserError(f"another demo (pid {pid}) is running in {self.dir}: stop it first")
 
     def _credentials(self) -> None:
         path = self.dir / CREDENTIALS_FILE
@@ -327,7 +329,7 @@ class Demo:
                     if cluster.running:
                         cluster._run("pg_ctl", "-D", str(cluster.data), "reload")
                 if not cluster.running and not port_free(cluster.port):
-                    raise RuntimeError(f"port {cluster.port} ({label} database) is taken by another program: "
+                    raise UserError(f"port {cluster.port} ({label} database) is taken by another program: "
                                        "stop it, or start over with --reset (new ports)")
                 # registered before it starts: a signal during the start still stops what did start
                 self.cleanups.append((f"{label} database", lambda c=cluster: _stop_cluster(c)))
@@ -366,7 +368,7 @@ class Demo:
         kind = "amqtt, pure Python" if isinstance(broker, AmqttBroker) else f"Mosquitto: {broker.binary}"
         with self.steps.step(f"MQTT broker ({kind}) on 127.0.0.1:{port}"):
             if not port_free(port):
-                raise RuntimeError(f"port {port} (MQTT) is taken by another program: stop it, or --reset")
+                raise UserError(f"port {port} (MQTT) is taken by another program: stop it, or --reset")
             self.cleanups.append(("broker", broker.stop))  # before start: see start_databases
             broker.start()
 
@@ -456,10 +458,10 @@ class Demo:
         days = self.opts.days
         where = "central" if self.linked else "the site database"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(PREFECT_HOME=str(self.dir / "prefect"), PREFECT_LOGGING_LEVEL="WARNING",
-                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-                   # its first start migrates a new database: past Prefect's 20 s on a busy machine
+        # its first start migrates a new database: past Prefect's 20 s on a busy machine
+        env.update(PREFECT_HOME=str(self.dir / "prefect"), PREFECT_UI_ENABLED="false",
                    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+        prefect_environment(env, quiet=True)  # as `bacpipes flows run`: quiet, never calling home
         config = self.configs["flows.toml"]  # as bacpipes_flows_runner, on central (or the site alone)
         name = f"flows on {where}: baseline, train → ONNX → registry → shadow deployment (Prefect)"
         log_path = self.dir / "logs" / "flows.log"
@@ -933,7 +935,7 @@ def run_demo(
     status_every: float = 15.0, verbose: bool = False,
 ) -> int:
     if days < MIN_DAYS:
-        raise ValueError(f"--days must be at least {MIN_DAYS}: the baseline needs more than a week of hours")
+        raise UserError(f"--days must be at least {MIN_DAYS}: the baseline needs more than a week of hours")
     opts = Options(dir=Path(directory) if directory else DEFAULT_DIR, reset=reset, days=days, devices=devices,
                    seconds=seconds, interval_s=interval_s, speed=speed, app=app, readings=readings,
                    status_every=status_every)
