@@ -15,17 +15,14 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bacpipes.contracts import topic_segment
-from bacpipes.mqtt import connect_async, make_client
+from bacpipes.mqtt import Delivery, Session
 from bacpipes.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,58 +49,31 @@ class CommandSubscriber:
         group = f"bacpipes-{topic_segment(settings.site.id)}"
         self.filter = f"$share/{group}/{settings.writes.command_topic}"
         self.received = 0
-        self.subscribed = threading.Event()  # commands sent before this are not delivered (clean session)
-        self.client = make_client(settings.mqtt, f"{settings.mqtt.client_id}-commands", protocol=mqtt.MQTTv5)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        self.session = Session(
+            settings.mqtt, f"{settings.mqtt.client_id}-commands", protocol=mqtt.MQTTv5,
+            subscriptions=[(self.filter, SubscribeOptions(qos=1, retainAsPublished=True))],
+            on_message=self._on_message,
+        )
+        # set once the broker has the subscription: commands sent before it are lost (a clean session)
+        self.subscribed = self.session.subscribed
 
     def start(self) -> CommandSubscriber:
-        connect_async(self.client, self.settings.mqtt)
-        self.client.loop_start()
+        self.session.start()
         return self
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.session.stop()
 
     def publish_result(self, result: dict[str, Any]) -> None:
         """Straight out, not through the spool: a result is for whoever waits now (< 50 ms), and the
         database keeps the record of every command anyway."""
         payload = json.dumps(result, separators=(",", ":"))
-        self.client.publish(self.settings.writes.result_topic, payload, qos=1)
+        self.session.client.publish(self.settings.writes.result_topic, payload, qos=1)
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.warning("broker refused the command subscriber: %s", reason_code)
-            return
-        client.subscribe(self.filter, options=SubscribeOptions(qos=1, retainAsPublished=True))
-        log.info("listening for write commands on %s", self.settings.writes.command_topic)
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("broker refused the subscription to %s: %s", self.filter, reason_codes)
-        else:
-            self.subscribed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, delivery: Delivery) -> None:
         self.received += 1
-        payload = CommandMessage(msg.payload)
-        payload.retained = bool(msg.retain)
+        payload = CommandMessage(delivery.payload)
+        payload.retained = delivery.retain
         future = asyncio.run_coroutine_threadsafe(self.intake(payload), self.loop)
         future.add_done_callback(_log_failure)
 

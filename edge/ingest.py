@@ -28,14 +28,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from bacpipes.contracts import reading_filter, topic_segment
 from bacpipes.db import connect
-from bacpipes.mqtt import connect_async, make_client
+from bacpipes.mqtt import Delivery, Session
 from bacpipes.settings import Settings
 from bacpipes.staging import move_staged
 
@@ -290,23 +287,14 @@ def write_batch(
 # --- the ingester --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Message:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int  # which connection delivered it: a mid is only meaningful on that connection
-
-
 @dataclass(frozen=True, slots=True)
 class _Parsed:
-    batch: list[_Message]
+    batch: list[Delivery]
     results: list[Row | Reject]
     points: PointMap  # what the parse was checked against
 
 
-def parse_all(batch: Iterable[_Message], points: PointMap) -> list[Row | Reject]:
+def parse_all(batch: Iterable[Delivery], points: PointMap) -> list[Row | Reject]:
     return [r for m in batch for r in parse_any(m.topic, m.payload, points)]
 
 
@@ -320,7 +308,6 @@ class IngestStats:
     acked: int = 0
     ack_skipped: int = 0  # delivered on a connection since lost: the broker redelivers them
     db_errors: int = 0
-    connected: bool = False
     last_commit_at: float | None = None
 
 
@@ -331,21 +318,17 @@ class Ingester:
         self.settings = settings
         self.site_id = settings.site.id
         self.filters = [reading_filter(self.site_id), f"{topic_segment(self.site_id)}/+/batch"]
-        self._inbox: queue.Queue[_Message] = queue.Queue()
+        self._inbox: queue.Queue[Delivery] = queue.Queue()
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # generation vs acks
-        self._generation = 0
+        self._lock = threading.Lock()  # the stats
         self._stats = IngestStats()
         self._points = PointMap()
         self._points_at = -math.inf
         self._conn: psycopg.Connection | None = None
-        self._client = make_client(settings.mqtt, f"{settings.mqtt.client_id}-ingest", persistent=True)
-        self._client.manual_ack_set(True)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._subscribed = False
+        self._session = Session(
+            settings.mqtt, f"{settings.mqtt.client_id}-ingest", subscriptions=[(f, 1) for f in self.filters],
+            persistent=True, manual_ack=True, on_message=self._on_message,
+        )
         self._parsed: queue.Queue[_Parsed | None] = queue.Queue(maxsize=2)  # None: the parser has stopped
         self._parser = threading.Thread(target=self._run_parser, name="ingest-parser", daemon=True)
         self._writer = threading.Thread(target=self._run_writer, name="ingest-writer", daemon=True)
@@ -353,8 +336,7 @@ class Ingester:
     # lifecycle
 
     def start(self) -> Ingester:
-        connect_async(self._client, self.settings.mqtt)
-        self._client.loop_start()
+        self._session.start()
         self._parser.start()
         self._writer.start()
         return self
@@ -369,8 +351,7 @@ class Ingester:
         for thread in (self._parser, self._writer):
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.stop()
         if self._conn is not None:
             self._conn.close()
 
@@ -378,60 +359,15 @@ class Ingester:
         with self._lock:
             out = asdict(self._stats)
         out["pending"] = self._inbox.qsize()
+        out["connected"] = self._session.connected
         return out
 
-    # paho callbacks (network thread): never block, never touch the database
+    # the session's hook (paho's network thread): never block, never touch the database
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.warning("broker refused the ingester: %s", reason_code)
-            return
-        with self._lock:
-            self._generation += 1
-            self._stats.connected = True
-        # A kept session has its subscriptions, and resubscribing replays every retained reading (absorbed
-        # as duplicates, but wasted). Still subscribe once per process: a session created by a CONNECT
-        # whose SUBSCRIBE never reached the broker would otherwise stay silent forever.
-        if not (flags.session_present and self._subscribed):
-            client.subscribe([(f, 1) for f in self.filters])
-        log.info("ingester connected (session present: %s)", flags.session_present)
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        failed = [str(rc) for rc in reason_codes if rc.is_failure]
-        if failed:
-            log.error("broker refused the ingester's subscriptions %s: %s", self.filters, failed)
-        self._subscribed = not failed
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        with self._lock:
-            self._generation += 1
-            self._stats.connected = False
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, delivery: Delivery) -> None:
         with self._lock:
             self._stats.received += 1
-        self._inbox.put(_Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation))
+        self._inbox.put(delivery)
 
     # parser thread
 
@@ -445,12 +381,12 @@ class Ingester:
             self._hand_over(leftover)
         self._parsed.put(None)
 
-    def _hand_over(self, batch: list[_Message]) -> None:
+    def _hand_over(self, batch: list[Delivery]) -> None:
         """Parse against the points known now; the writer re-parses if they turn out stale."""
         points = self._points  # once: the writer may swap in fresh ones meanwhile
         self._parsed.put(_Parsed(batch, parse_all(batch, points), points))
 
-    def _collect(self, wait: float = BATCH_WAIT_S) -> list[_Message]:
+    def _collect(self, wait: float = BATCH_WAIT_S) -> list[Delivery]:
         """Up to BATCH_MAX messages or BATCH_BYTES: the first may wait for `wait`, the rest until
         BATCH_WAIT_S after it."""
         try:
@@ -550,17 +486,11 @@ class Ingester:
         self._points = load_points(conn, self.site_id)
         self._points_at = time.monotonic()
 
-    def _ack(self, batch: list[_Message]) -> None:
+    def _ack(self, batch: list[Delivery]) -> None:
+        acked = self._session.ack(batch)  # the rest came on a lost connection: the broker redelivers them
         with self._lock:
-            acked = skipped = 0
-            for m in batch:
-                if m.generation != self._generation:
-                    skipped += 1  # its connection is gone; the broker will redeliver (a harmless duplicate)
-                    continue
-                self._client.ack(m.mid, m.qos)
-                acked += 1
             self._stats.acked += acked
-            self._stats.ack_skipped += skipped
+            self._stats.ack_skipped += len(batch) - acked
 
 
 def run_ingest(settings: Settings) -> None:

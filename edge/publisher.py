@@ -25,13 +25,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bacpipes.contracts import health_topic, status_topic
-from bacpipes.mqtt import connect_async, make_client
+from bacpipes.mqtt import Session, Will
 from bacpipes.settings import MqttSettings
 from edge.spool import Spool, SpoolMessage
 
@@ -75,8 +73,13 @@ class Publisher:
         self.client_id = mqtt_settings.client_id
         self.status_topic = status_topic(site_id)
         self.health_topic = health_topic(site_id)
-        # the client first: a bad URL raises here, before a spool file is created for nothing
-        self.client = make_client(mqtt_settings, self.client_id)
+        self._wake = threading.Event()
+        # the session first: a bad URL raises here, before a spool file is created for nothing
+        self.session = Session(
+            mqtt_settings, self.client_id, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+            on_publish=self._on_publish, will=self._will,
+        )
+        self.client = self.session.client
         self.spool = Spool(spool_path)
         self._window = max(1, mqtt_settings.max_inflight)
 
@@ -85,27 +88,19 @@ class Publisher:
         self._published = 0
         self._acked = 0
         self._rejected = 0
-        self._connects = 0
         self._inflight = 0
 
         # written by paho's network thread, read by the drain thread; plain attributes (atomic under
         # the GIL) so the callbacks never block on the drain thread
-        self._connected = False
+        self._sending = False  # connected, and paho's copies from the last connection dropped
         self._generation = 0  # +1 per successful connect; acks are only valid within their connection
         self._acks: collections.deque[tuple[int, int]] = collections.deque()  # (generation, mid)
-
-        self._wake = threading.Event()
         self._drained = threading.Condition()
         self._stop_drain = threading.Event()
         self._thread = threading.Thread(target=self._drain_main, name="mqtt-drain", daemon=True)
         self._started = False
         self._closed = False
         self._stopped_empty = False
-
-        self.client.on_pre_connect = self._on_pre_connect
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -114,9 +109,7 @@ class Publisher:
         if self._started:
             raise RuntimeError("publisher already started")
         self._started = True
-        self._set_will()
-        connect_async(self.client, self.settings)
-        self.client.loop_start()
+        self.session.start()
         self._thread.start()
         log.info("publishing to %s as %s (%d spooled)", self.settings.url, self.client_id,
                  len(self.spool))
@@ -135,7 +128,7 @@ class Publisher:
             self._stop_drain.set()
             self._wake.set()
             self._thread.join(max(1.0, deadline - time.monotonic()))
-            if self._connected:
+            if self.connected:
                 info = self.client.publish(
                     self.status_topic, self._status_payload("offline"), qos=1, retain=True
                 )
@@ -143,8 +136,7 @@ class Publisher:
                     info.wait_for_publish(max(0.5, deadline - time.monotonic()))
                 except (ValueError, RuntimeError) as exc:  # lost the connection meanwhile
                     log.warning("could not publish offline status: %s", exc)
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.session.stop()
         pending = len(self.spool)
         self.spool.close()
         self._closed = True
@@ -188,7 +180,7 @@ class Publisher:
     def publish_health(self, counters: dict[str, Any]) -> bool:
         """Publish retained health JSON, not spooled: a stale health report is worth nothing, so
         when disconnected it is dropped (returns False) instead of queued."""
-        if not self._connected:
+        if not self.connected:
             return False
         payload = json.dumps(
             {"client_id": self.client_id, "timestamp": _now(), **counters}, default=str
@@ -204,79 +196,48 @@ class Publisher:
                 "acked": self._acked,
                 "rejected": self._rejected,
                 "inflight": self._inflight,
-                "connects": self._connects,
-                "reconnects": max(0, self._connects - 1),
             }
+        connects = self.session.connects
         age = self.spool.oldest_age_s() if not self._closed else None
         return {
             **counters,
+            "connects": connects,
+            "reconnects": max(0, connects - 1),
             "pending": len(self.spool),
             "oldest_pending_s": None if age is None else round(age, 1),
-            "connected": self._connected,
+            "connected": self.connected,
         }
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        """Connected, and the spool's resend on this connection under way."""
+        return self.session.connected
 
-    # -- paho callbacks (network thread) -------------------------------------------------------------
+    # -- session hooks (paho's network thread) ----------------------------------------------------
 
     def _status_payload(self, status: str) -> str:
         return json.dumps({"status": status, "client_id": self.client_id, "timestamp": _now()})
 
-    def _set_will(self) -> None:
-        self.client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+    def _will(self) -> Will:
+        # made before every connection attempt: its timestamp tells when the connection that died was opened
+        return Will(self.status_topic, self._status_payload("offline"))
 
-    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
-        # refresh the will's timestamp: it then tells when the connection that died was opened
-        self._set_will()
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.warning("broker %s refused the connection: %s", self.settings.url, reason_code)
-            return
+    def _on_connect(self) -> None:
         # paho would re-send its unacked messages now; the drain thread re-sends them from the
         # spool instead, so paho's copies would only be extra duplicates
-        dropped = client.drop_out_messages()
+        dropped = self.client.drop_out_messages()
         self._generation += 1
-        with self._counters_lock:
-            self._connects += 1
-            connects = self._connects
-        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
-        self._connected = True
+        self.client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        self._sending = True
         self._wake.set()
-        log.info("connected to %s (connect #%d, %d unacked dropped for resend from spool)",
-                 self.settings.url, connects, len(dropped))
+        if dropped:
+            log.info("%d unacked messages dropped, to be resent from the spool", len(dropped))
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        was_connected, self._connected = self._connected, False
+    def _on_disconnect(self) -> None:
+        self._sending = False
         self._wake.set()
-        if was_connected:
-            level = logging.INFO if self._stop_drain.is_set() else logging.WARNING
-            log.log(level, "disconnected from %s: %s", self.settings.url, reason_code)
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_publish(self, mid: int, reason_code: ReasonCode) -> None:
         if reason_code.is_failure:  # MQTT 5 only; the row stays and is re-sent on reconnect
             log.error("broker rejected message %d: %s", mid, reason_code)
             return
@@ -327,7 +288,7 @@ class Publisher:
                 if stopping:
                     return
 
-                if self._connected and self._generation == generation:
+                if self._sending and self._generation == generation:
                     cursor = self._send(inflight, buffer, cursor)
                 with self._counters_lock:
                     self._inflight = len(inflight)
