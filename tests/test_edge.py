@@ -24,6 +24,7 @@ import pytest
 from bacpipes.contracts import health_topic, reading_filter
 from bacpipes.points import update_points
 from bacpipes.settings import BacnetSettings
+from bacpipes.waiting import poll_until
 from edge.bacnet import BacnetClient, BacnetError
 from edge.discovery import discover
 from edge.polling import plain_value
@@ -297,19 +298,25 @@ def test_agent_killed_with_sigkill_resends_its_spool(db_dsn, broker, tmp_path):
         run_discovery(settings)
         broker.stop()
         agent = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-        time.sleep(5)
+
+        def spooled_now() -> set[bytes]:  # the agent's start-up time varies with the machine's load
+            if not (tmp_path / "spool.sqlite").exists():
+                return set()
+            with sqlite3.connect(tmp_path / "spool.sqlite") as spool:
+                table = spool.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchone()
+                rows = spool.execute(f"SELECT payload FROM {table[0]}") if table else []
+                return {bytes(r[0]) for r in rows}
+
+        poll_until(lambda: len(spooled_now()) >= 6, 60, what="several cycles of readings in the spool")
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
-        with sqlite3.connect(tmp_path / "spool.sqlite") as spool:
-            (table,) = spool.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchone()
-            spooled = {bytes(r[0]) for r in spool.execute(f"SELECT payload FROM {table}")}
-        assert len(spooled) >= 6  # several cycles of readings waited in the spool
+        spooled = spooled_now()  # what the killed agent left
+        assert len(spooled) >= 6
         broker.start()
         agent = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.time() + 30
-            while time.time() < deadline and not spooled <= {m.payload for m in collector.snapshot()}:
-                time.sleep(0.5)
+            poll_until(lambda: spooled <= {m.payload for m in collector.snapshot()}, 30, interval=0.5,
+                       what="every spooled reading delivered after the restart")
         finally:
             agent.send_signal(signal.SIGTERM)
             assert agent.wait(30) == 0

@@ -658,6 +658,11 @@ def _named_by_user(exc: OSError, args: argparse.Namespace) -> bool:
     return os.path.abspath(exc.filename) in given
 
 
+# what an install without an extra lacks (pyproject.toml's extras): the command says which to add
+EXTRA_FOR = {"prefect": "central", "sklearn": "models", "skl2onnx": "models", "onnx": "edge",
+             "onnxruntime": "edge", "streamlit": "app", "altair": "app", "amqtt": "demo"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command. A user's mistake (UserError) or environment (a file they named is missing, the
     database cannot be reached, the settings do not validate) is one line and exit 2 (3: the database);
@@ -685,6 +690,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return user_error(f"invalid settings: {problems}")  # without the values: one may be a password
     except psycopg.OperationalError as exc:
         return user_error(f"database unavailable: {exc}", 3)
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_FOR.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        return user_error(f"this command needs {exc.name}, which this install lacks: "
+                          f"pip install 'bacpipes[{extra}]'")
     except psycopg.ProgrammingError as exc:
         if redact_error(str(exc)) == str(exc):  # not libpq refusing a connection string: a bug, traced
             raise
