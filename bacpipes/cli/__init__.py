@@ -229,11 +229,11 @@ def _points_set(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace) -> int:
     """Queue a command for the site's agent and wait for its outcome (the agent does the writing)."""
     import getpass
-    import time
     from datetime import UTC, datetime, timedelta
 
     from bacpipes.commands import TERMINAL, Command, command_status, insert_command
     from bacpipes.db import connect
+    from bacpipes.waiting import poll_until
 
     if args.release == (args.value is not None):
         raise UserError("give either --value or --release")
@@ -245,13 +245,16 @@ def _write(args: argparse.Namespace) -> int:
     )
     with connect(settings.database.dsn) as conn:
         command_id = insert_command(conn, command)
-        deadline = time.monotonic() + args.wait
-        while (status := command_status(conn, command_id)) and status["status"] not in TERMINAL:
-            if time.monotonic() > deadline:
-                print(f"command {command_id}: no agent ran it within {args.wait:g} s; it expires unrun")
-                return 1
-            time.sleep(0.1)
-    assert status is not None
+
+        def finished() -> dict | None:
+            status = command_status(conn, command_id)
+            return status if status is not None and status["status"] in TERMINAL else None
+
+        try:
+            status = poll_until(finished, args.wait, interval=0.1, what=f"command {command_id}")
+        except TimeoutError:
+            print(f"command {command_id}: no agent ran it within {args.wait:g} s; it expires unrun")
+            return 1
     if status["status"] == "completed":
         print(f"command {command_id}: completed; present value now {status['value_read']}")
         return 0
