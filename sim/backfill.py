@@ -81,7 +81,7 @@ MAX_DAYS = 3660
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix microseconds: binary timestamptz's zero
-_FLOAT32_EXACT = 131072.0  # below 2**17 a float32 tells 2-decimal values apart (see _as_published)
+_FLOAT32_EXACT = 131072.0  # below 2**17 a float32 tells 2-decimal values apart (see as_published)
 
 # Readers: (physics, zone) -> the object's value at the building's current time.
 Reader = Callable[[Building, Zone], float]
@@ -121,7 +121,7 @@ class VirtualSite:
 
     def as_published(self, rows: np.ndarray) -> np.ndarray:
         """Samples (rows × points) as the poller publishes them: a BACnet REAL's shortest decimal."""
-        return _as_published(rows, self._analog)
+        return as_published(rows, self._analog)
 
 
 @contextmanager
@@ -184,7 +184,7 @@ def _constant(value: float) -> Reader:
     return lambda b, z: value
 
 
-def _as_published(rows: np.ndarray, analog: np.ndarray) -> np.ndarray:
+def as_published(rows: np.ndarray, analog: np.ndarray) -> np.ndarray:
     """`plain_value(Real(f32(v)))` for whole arrays of already rounded values.
 
     The poller publishes a REAL as its shortest decimal. Below 2**17 a float32's spacing is under 0.01,
@@ -450,6 +450,73 @@ def _account(report: BackfillReport, written: Future[int], rows: int) -> None:
     report.skipped += rows - inserted
 
 
+# Produces, given the point ids in `keys` order, per UTC day: (first, last sample time, COPY payload, rows).
+DayProducer = Callable[[np.ndarray], Iterator[tuple[datetime, datetime, bytes, int]]]
+
+
+def store(
+    settings: Settings,
+    report: BackfillReport,
+    line: Timeline,
+    description: str,
+    seed: int | None,
+    discovered: list[DiscoveredDevice],
+    keys: list[tuple[int, str, int]],
+    produce: DayProducer,
+    guard: Callable[[psycopg.Connection], None] | None = None,
+) -> None:
+    """The database half of a backfill, shared by every simulated building (the RC model's above,
+    EnergyPlus's in `sim.energyplus.backfill`): refuse a real building's site (and whatever `guard`
+    refuses), mark the site simulated, record the catalog through discovery's path, create the days'
+    partitions, then write `produce`'s days, one transaction each, while the next day is computed.
+    Adds rows, skipped rows, partitions and notes to `report`.
+    """
+    site_id = settings.site.id
+    dsn = settings.database.dsn
+    with connect(dsn) as conn:
+        with conn.transaction():
+            check_site(conn, site_id)
+            if guard is not None:
+                guard(conn)
+            conn.execute(_MARK, {"site": site_id, "description": description, "seed": seed})
+        record_discovery(dsn, site_id, discovered, [d.peer.device_id for d in discovered])
+        with conn.transaction():
+            # the virtual controllers were there for the whole history, not just since now
+            conn.execute(
+                "UPDATE device SET first_seen = least(first_seen, %(at)s) WHERE site_id = %(site)s",
+                {"site": site_id, "at": line.start},
+            )
+            conn.execute(
+                "UPDATE point SET first_seen = least(first_seen, %(at)s) WHERE site_id = %(site)s",
+                {"site": site_id, "at": line.start},
+            )
+            point_ids = _point_ids(conn, site_id, keys)
+        for day, _, _ in line.days():
+            made = create_partition(conn, day)
+            if made:
+                report.partitions_created.append(made[0])
+        conn.commit()
+        conn.execute(_STAGE)
+        conn.commit()
+
+        # The next day's physics runs while PostgreSQL stores this one (psycopg waits without the GIL).
+        with ThreadPoolExecutor(1, thread_name_prefix="backfill-writer") as writer:
+            pending: tuple[Future[int], int] | None = None
+            for day_start, day_end, payload, count in produce(point_ids):
+                if pending:
+                    _account(report, *pending)
+                pending = writer.submit(_write_day, conn, site_id, payload, day_start, day_end), count
+            if pending:
+                _account(report, *pending)
+
+    retention = settings.database.retention_days
+    if report.days > retention:
+        report.notes.append(
+            f"database.retention_days is {retention}: the next retention run drops the days older than "
+            f"that; raise it (or backfill into central) to keep all {report.days} days"
+        )
+
+
 def _validate(days: int, seed: int, devices: int, interval_s: float) -> None:
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be a whole number from 1 to {MAX_DAYS}, got {days!r}")
@@ -500,47 +567,7 @@ def backfill(
         f"bacpipes sim backfill: virtual building, {devices} devices, {len(site.keys)} points, "
         f"every {interval_s:g} s, {days} days to {line.end.isoformat()}, seed {seed}"
     )
-    dsn = settings.database.dsn
-    with connect(dsn) as conn:
-        with conn.transaction():
-            check_site(conn, site_id)
-            conn.execute(_MARK, {"site": site_id, "description": description, "seed": seed})
-        discovered = site.discovered()
-        record_discovery(dsn, site_id, discovered, [d.peer.device_id for d in discovered])
-        with conn.transaction():
-            # the virtual controllers were there for the whole history, not just since now
-            conn.execute(
-                "UPDATE device SET first_seen = least(first_seen, %(at)s) WHERE site_id = %(site)s",
-                {"site": site_id, "at": line.start},
-            )
-            conn.execute(
-                "UPDATE point SET first_seen = least(first_seen, %(at)s) WHERE site_id = %(site)s",
-                {"site": site_id, "at": line.start},
-            )
-            point_ids = _point_ids(conn, site_id, site.keys)
-        for day, _, _ in line.days():
-            made = create_partition(conn, day)
-            if made:
-                report.partitions_created.append(made[0])
-        conn.commit()
-        conn.execute(_STAGE)
-        conn.commit()
-
-        # The next day's physics runs while PostgreSQL stores this one (psycopg waits without the GIL).
-        with ThreadPoolExecutor(1, thread_name_prefix="backfill-writer") as writer:
-            pending: tuple[Future[int], int] | None = None
-            for day_start, day_end, payload, count in _days(site, line, local_first, point_ids, report):
-                if pending:
-                    _account(report, *pending)
-                pending = writer.submit(_write_day, conn, site_id, payload, day_start, day_end), count
-            if pending:
-                _account(report, *pending)
-
-    retention = settings.database.retention_days
-    if days > retention:
-        report.notes.append(
-            f"database.retention_days is {retention}: the next retention run drops the days older than "
-            f"that; raise it (or backfill into central) to keep all {days} days"
-        )
+    store(settings, report, line, description, seed, site.discovered(), site.keys,
+          lambda point_ids: _days(site, line, local_first, point_ids, report))
     report.seconds = time.perf_counter() - t0
     return report
