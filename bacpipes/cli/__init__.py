@@ -96,20 +96,35 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _sim_backfill(args: argparse.Namespace) -> int:
-    from sim.backfill import backfill
+    settings = load_settings(args.config)
+    if args.building == "rc":
+        from sim.backfill import backfill
 
-    report = backfill(load_settings(args.config), days=args.days, seed=args.seed, devices=args.devices,
-                      interval_s=args.interval)
+        report = backfill(settings, days=args.days, seed=args.seed, devices=args.devices,
+                          interval_s=args.interval)
+    else:
+        from sim.energyplus.backfill import backfill as backfill_energyplus
+
+        report = backfill_energyplus(settings, args.days, building=_energyplus_model(args.building),
+                                     weather=args.weather, timesteps_per_hour=args.steps_per_hour,
+                                     interval_s=args.interval)
     print(report.summary())
     for note in report.notes:
         print(f"  note: {note}")
     return 0
 
 
+def _energyplus_model(building: str) -> str:
+    """`energyplus:<prototype>` -> the prototype's name; `rc` is handled by the caller."""
+    kind, _, model = building.partition(":")
+    if kind != "energyplus" or not model:
+        raise UserError(f"--building must be 'rc' or 'energyplus:<prototype>', not {building!r}")
+    return model
+
+
 def _flows_run(args: argparse.Namespace) -> int:
     import json
 
-    from bacpipes.errors import UserError
     from flows.registry import FLOWS, WINDOWED
 
     if args.name not in FLOWS:
@@ -498,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--seed", type=int, default=0)
     backfill.add_argument("--devices", type=int, default=3)
     backfill.add_argument("--interval", type=float, help="seconds between readings (default: polling)")
+    backfill.add_argument("--building", default="rc",
+                          help="rc (the fast RC model) or energyplus:<prototype>, e.g. "
+                               "energyplus:ASHRAE901_OfficeMedium_STD2019_Denver")
+    backfill.add_argument("--weather", default="tampa",
+                          help="EnergyPlus only: a shipped TMY3 file's name (or part of it) or an .epw path")
+    backfill.add_argument("--steps-per-hour", type=int, help="EnergyPlus only: zone timesteps per hour")
     backfill.set_defaults(func=_sim_backfill)
 
     flows = sub.add_parser("flows").add_subparsers(dest="flows_command", required=True)
