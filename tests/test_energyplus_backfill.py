@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from bacpipes.db import migrate
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly
 from models.baseline import fit_baseline, metrics
@@ -231,3 +235,22 @@ def test_steps_and_interval_default_from_each_other() -> None:
         resolve_timesteps(None, 7)
     with pytest.raises(ValueError):
         resolve_timesteps(0.5, 60)
+
+
+def test_the_command_backfills_the_energyplus_building(db_dsn: str, tmp_path: Path) -> None:
+    """`bacpipes sim backfill --building energyplus:<prototype> --weather <epw>` as a user types it."""
+    migrate(db_dsn)
+    config = tmp_path / "site.toml"
+    config.write_text(f'[database]\ndsn = "{db_dsn}"\n[site]\nid = "{SITE}"\ntimezone = "{ZONE}"\n')
+    command = [sys.executable, "-m", "bacpipes.cli", "sim", "backfill", "--config", str(config),
+               "--days", "1", "--building", BUILDING, "--weather", "Tampa", "--steps-per-hour", "4"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "USA_FL_Tampa" in out.stdout and "4 steps/h" in out.stdout, out.stdout
+    with psycopg.connect(db_dsn) as conn:
+        query = "SELECT count(DISTINCT point_id), count(*) FROM sensor_readings"
+        points, rows = conn.execute(query).fetchone()
+    assert points == 150 and rows == 150 * 24 * 4
+    wrong = subprocess.run([*command[:-6], "--building", "energyplus"], capture_output=True, text=True,
+                           timeout=60)
+    assert wrong.returncode == 2 and "energyplus:<prototype>" in wrong.stderr
