@@ -42,6 +42,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from bacpipes.errors import UserError
 from sim.energyplus.idf import FACILITY_METER, Idf, Layout, layout, prepare
 
 RUN_PERIOD_WEATHER = 3  # EnergyPlus KindOfSim::RunPeriodWeather
@@ -102,6 +103,11 @@ def site_key(quantity: str) -> str:
     return f"site/{quantity}"
 
 
+# Energy since the run began (kWh), summed from the meters at every step: power key -> energy key.
+CUMULATIVE = {site_key("elec_kw"): site_key("elec_kwh"), site_key("hvac_kw"): site_key("hvac_kwh"),
+              site_key("gas_kw"): site_key("gas_kwh")}
+
+
 @dataclass(frozen=True)
 class Sample:
     """Every published value after one zone timestep, keyed as ``zone_key``/``loop_key``/... build."""
@@ -131,20 +137,58 @@ class _Result:
     error: BaseException | None = None
 
 
-def package_data(kind: Literal["model", "weather"], name: str) -> Path:
-    """A prototype IDF or TMY3 EPW shipped with pyenergyplus-lbnl, by dataset key or file name part.
+ENGINE_MISSING = "the EnergyPlus building needs pyenergyplus-lbnl: pip install 'bacpipes[energyplus]'"
 
-    e.g. ``package_data("model", "office_medium")``, ``package_data("weather", "tampa")``.
-    """
-    from pyenergyplus import dataset
 
+def _shipped(kind: Literal["model", "weather"]) -> dict[str, Path]:
+    """Short alias -> file, for the prototypes (``model``) or TMY3 files (``weather``) in the wheel."""
+    try:
+        from pyenergyplus import dataset
+    except ImportError as err:
+        raise UserError(ENGINE_MISSING) from err
     table = dataset.ashrae_models if kind == "model" else dataset.weather_files
-    if name in table:
-        return Path(table[name])
-    hits = [Path(p) for key, p in table.items() if name.lower() in (key + Path(p).name).lower()]
-    if len(hits) != 1:
-        raise ValueError(f"{kind} {name!r} matches {len(hits)} of: {', '.join(sorted(table))}")
-    return hits[0]
+    return {key: Path(path) for key, path in table.items()}
+
+
+def building_names(kind: Literal["model", "weather"] = "model") -> list[tuple[str, str]]:
+    """(file stem, short alias) of every prototype building (or weather file) shipped, by alias: the
+    names ``package_data`` (and ``bacpipes sim --building energyplus:NAME --weather NAME``) accept."""
+    return sorted(((p.stem, key) for key, p in _shipped(kind).items()), key=lambda n: n[1])
+
+
+def package_data(kind: Literal["model", "weather"], name: str) -> Path:
+    """A prototype IDF or TMY3 EPW shipped with pyenergyplus-lbnl, by name.
+
+    Accepted, case-insensitively: the file's stem as shipped (``ASHRAE901_OfficeMedium_STD2019_Denver``,
+    ``USA_FL_Tampa.Intl.AP.722110_TMY3``), its file name, the dataset's alias (``office_medium``,
+    ``usa_fl_tampa``), or any part of those that names one file (``OfficeMedium``, ``tampa``). An unknown or
+    ambiguous name is a UserError listing what exists.
+    """
+    table = _shipped(kind)
+    want = name.strip().lower()
+    for ext in (".idf", ".epw"):
+        want = want.removesuffix(ext)
+
+    def names(key: str, path: Path) -> tuple[str, str]:
+        return key.lower(), path.stem.lower()
+
+    exact = [p for key, p in table.items() if want in names(key, p)]
+    hits = exact or [p for key, p in table.items() if want and any(want in n for n in names(key, p))]
+    if len(hits) == 1:
+        return hits[0]
+    what = "building" if kind == "model" else "weather file"
+    listing = "; ".join(f"{stem} ({alias})" for stem, alias in building_names(kind))
+    if hits:
+        raise UserError(f"{what} {name!r} is ambiguous: it matches {', '.join(sorted(p.stem for p in hits))}")
+    raise UserError(f"no {what} {name!r}; shipped with pyenergyplus-lbnl: {listing}")
+
+
+def _file(kind: Literal["model", "weather"], name: str | Path) -> Path:
+    """An IDF/EPW the caller points at, or else a shipped one by name (``package_data``)."""
+    path = Path(name)
+    if path.suffix.lower() in (".idf", ".epw") and path.is_file():
+        return path
+    return package_data(kind, str(name))
 
 
 _API: Any = None
@@ -183,10 +227,8 @@ class EnergyPlusBuilding:
     ) -> None:
         if days < 1:
             raise ValueError("days must be at least 1")
-        self.model_path = Path(model) if Path(model).suffix == ".idf" else package_data("model", str(model))
-        self.weather_path = (
-            Path(weather) if Path(weather).suffix == ".epw" else package_data("weather", str(weather))
-        )
+        self.model_path = _file("model", model)
+        self.weather_path = _file("weather", weather)
         self.start_date = start
         self.end_date = start + timedelta(days=days - 1)
         self.timesteps_per_hour = timesteps_per_hour
@@ -212,7 +254,7 @@ class EnergyPlusBuilding:
         self._meters: list[tuple[str, int]] = []
         self._design_people: dict[str, float] = {}
         self._actuators: dict[tuple[str, Which], int] = {}
-        self._site_kwh = 0.0
+        self._energy_kwh: dict[str, float] = {}
         self._year = start.year
         self._requests = self._variables()
 
@@ -388,9 +430,10 @@ class EnergyPlusBuilding:
             self._year += 1
             t = t.replace(year=self._year)
         joules = {k: ex.get_meter_value(state, h) for k, h in self._meters}
-        elec_kw = joules[site_key("elec_kw")] / (dt_h * 3.6e6)
-        self._site_kwh += elec_kw * dt_h
-        values: dict[str, float] = {site_key("elec_kwh"): self._site_kwh}
+        for power, energy in CUMULATIVE.items():  # every step, kept or not, so the totals are exact
+            if power in joules:
+                self._energy_kwh[energy] = self._energy_kwh.get(energy, 0.0) + joules[power] / 3.6e6
+        values: dict[str, float] = dict(self._energy_kwh)
         if full:
             get = ex.get_variable_value
             for key, hs, scale in self._reads:

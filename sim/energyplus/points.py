@@ -149,6 +149,10 @@ def describe(building: EnergyPlusBuilding) -> list[DeviceSpec]:
             site_key("equipment_kw"), 1.0),
         _ai(6, "SITE-GAS-KW", "Site natural gas input power (NaturalGas:Facility)", "kilowatts",
             site_key("gas_kw"), 1.0),
+        _ai(7, "SITE-HVAC-KWH", "HVAC electrical energy since the run began", "kilowattHours",
+            site_key("hvac_kwh"), 1.0),
+        _ai(8, "SITE-GAS-KWH", "Site natural gas energy since the run began", "kilowattHours",
+            site_key("gas_kwh"), 1.0),
     ]
     devices.append(DeviceSpec(FIRST_INSTANCE + len(devices), "MTR-1", "Main meters: electricity and gas",
                               [pt for pt in meters if pt.key in have]))
