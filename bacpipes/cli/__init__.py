@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -91,6 +92,11 @@ def _sim(args: argparse.Namespace) -> int:
         port=args.port,
         bbmd=args.bbmd,
         routed=args.routed,
+        building=args.building,
+        weather=args.weather,
+        timesteps_per_hour=args.steps_per_hour or 60,
+        start=args.start,
+        days=args.run_days,
     )
     return 0
 
@@ -244,7 +250,7 @@ def _points_set(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace) -> int:
     """Queue a command for the site's agent and wait for its outcome (the agent does the writing)."""
     import getpass
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, timedelta
 
     from bacpipes.commands import TERMINAL, Command, command_status, insert_command
     from bacpipes.db import connect
@@ -506,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--bbmd", help="also serve a BBMD at this loopback address, e.g. 127.0.0.9")
     sim.add_argument("--routed", type=int, default=0,
                      help="this many more devices behind a BACnet/IP router (next address), at 2:1, 2:2, ..")
+    sim.add_argument("--building", default="rc",
+                     help="rc (the fast RC model) or energyplus:<prototype> (a DOE prototype shipped with "
+                          "pyenergyplus-lbnl, e.g. energyplus:ASHRAE901_OfficeMedium_STD2019_Denver)")
+    sim.add_argument("--weather", help="EnergyPlus: a shipped TMY3 file's name or part of it (default Tampa)")
+    sim.add_argument("--steps-per-hour", type=int, help="EnergyPlus: zone timesteps per hour (default 60)")
+    sim.add_argument("--start", type=datetime.fromisoformat,
+                     help="EnergyPlus: building time to start at, local standard time (default: now)")
+    sim.add_argument("--run-days", type=int, default=366, help="EnergyPlus: days the simulation runs for")
     sim.set_defaults(func=_sim)
     backfill = with_config(sim.add_subparsers(dest="sim_command").add_parser(
         "backfill", help="write N days of simulated history into the database (marked simulated)"))
