@@ -99,9 +99,10 @@ def test_active_mode_writes_inside_the_ml_limits_and_releases_when_switched_off(
     inference = EdgeInference(site)
     [decision] = inference.step(NOW)
     [command] = rows(site.database.dsn, "SELECT point_id, value, priority, source, created_by, command_type,"
-                     " not_after > now() FROM write_commands")
+                     " not_after FROM write_commands")
     assert command[:4] == (2, decision.setpoint, 8, "ml") and 23.0 <= command[1] <= 23.5
-    assert command[4:] == ("ml:setpoint@1", "write_value", True)
+    # it expires one interval after the decision (not after now(): NOW is when the module was collected)
+    assert command[4:] == ("ml:setpoint@1", "write_value", NOW + timedelta(seconds=site.ml.interval_s))
     deploy(site.database.dsn, None, "1", "off")
     inference.step(NOW + timedelta(minutes=15))
     released = rows(site.database.dsn, "SELECT priority, command_type FROM write_commands"
