@@ -5,6 +5,7 @@ closing: however it stops, every process it started stops with it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -29,9 +30,6 @@ from bacpipes.cli.servers import listening
 from bacpipes.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(400)
-
-SITE = "macau-casino"
-
 
 MARK = "BACPIPES_DEMO_TEST"  # inherited by everything the demo starts, however it starts it
 
@@ -143,6 +141,11 @@ def first_run(folder: Path) -> dict:
     ports = json.loads((folder / "demo.json").read_text())["ports"]
     site = f"postgresql://postgres@127.0.0.1:{ports['site_db']}/bacpipes"
     central = f"postgresql://postgres@127.0.0.1:{ports['central_db']}/bacpipes"
+    site_id = tomllib.loads((folder / "site.toml").read_text(encoding="utf-8"))["site"]["id"]
+    # the zones inference decides for: their cooling setpoints carry ML limits (3 on the RC model, 15 on
+    # EnergyPlus's medium office)
+    zones = count(site, "SELECT count(*) FROM point WHERE object_name LIKE '%%-ZN-CLG-SP'"
+                  " AND ml_max_value IS NOT NULL")
     run.wait_for(r"\d+ readings published", 30)  # a status line: the agent is publishing
     with psycopg.connect(site, connect_timeout=5) as conn:  # who is connected to the site's database
         site_users = {r[0] for r in conn.execute("SELECT DISTINCT usename FROM pg_stat_activity"
@@ -160,7 +163,8 @@ def first_run(folder: Path) -> dict:
               " AND setpoint IS NOT NULL AND command_id IS NULL")
     observed = {
         "site_readings": count(site, "SELECT count(*) FROM sensor_readings"),
-        "central_readings": count(central, "SELECT count(*) FROM sensor_readings WHERE site_id = %s", SITE),
+        "central_readings": count(central, "SELECT count(*) FROM sensor_readings WHERE site_id = %s",
+                                  site_id),
         "site_live": count(site, live),
         "registered": count(central, "SELECT count(*) FROM model_registry"),
         "site_shadow": count(site, "SELECT count(*) FROM model_deployments WHERE mode = 'shadow'"),
@@ -169,7 +173,7 @@ def first_run(folder: Path) -> dict:
         "shadow_decisions": count(site, shadow),
     }
     deadline = time.monotonic() + 30  # the live readings reach central too; inference runs its first round
-    while (count(central, live) == 0 or observed["shadow_decisions"] < 3) and time.monotonic() < deadline:
+    while (count(central, live) == 0 or observed["shadow_decisions"] < zones) and time.monotonic() < deadline:
         time.sleep(0.5)
         observed["shadow_decisions"] = count(site, shadow)
     observed["central_live"] = count(central, live)
@@ -177,18 +181,25 @@ def first_run(folder: Path) -> dict:
     elapsed = run.finish()
     return {"run": run, "site_users": site_users, "without_password": without_password, "url": url,
             "central_url": central_url, "password": password, "health": health,
-            "ports": ports, "site": site, "central": central, "elapsed": elapsed, **observed}
+            "ports": ports, "site": site, "central": central, "elapsed": elapsed, "zones": zones,
+            "state": json.loads((folder / "demo.json").read_text()), **observed}
 
 
 def test_first_run_brings_up_the_whole_platform(folder: Path, first_run: dict) -> None:
     r = first_run
     assert r["health"] == {"site": (200, "ok"), "central": (200, "ok")}
-    assert r["site_readings"] > 100_000  # 10 days of 53 points every 5 min, and the live ones
+    # the default building: EnergyPlus's medium office in Tampa when pyenergyplus-lbnl is installed
+    energyplus = importlib.util.find_spec("pyenergyplus") is not None
+    assert r["state"]["building"]["building"] == (
+        "energyplus:ASHRAE901_OfficeMedium_STD2019_Denver" if energyplus else "rc")
+    assert r["zones"] == (15 if energyplus else 3)
+    # 10 days every 5 min of 53 points (RC) or 158 (EnergyPlus), and the live ones
+    assert r["site_readings"] > (400_000 if energyplus else 100_000)
     assert r["central_readings"] >= r["site_readings"] - 1_000  # replicated (live ones may lag a little)
     assert r["site_live"] > 0 and r["central_live"] > 0
     assert r["registered"] == 1 and r["site_shadow"] == 1  # trained on central, deployed to the site
     assert r["baselines"] == 1 and r["users"] == 1
-    assert r["shadow_decisions"] == 3  # one per zone: the model decided, in shadow, and wrote nothing
+    assert r["shadow_decisions"] == r["zones"]  # one per zone: the model decided, in shadow, wrote nothing
     credentials = folder / "credentials.txt"
     assert r["password"] in credentials.read_text() and credentials.stat().st_mode & 0o077 == 0
     text = r["run"].text
@@ -291,3 +302,65 @@ def test_settings_files_take_any_folder_name(tmp_path: Path) -> None:
     assert (dsn["user"], dsn["password"], dsn["port"]) == (
         "bacpipes_flows_runner", "secret-bacpipes_flows_runner", "55002")
     assert (folder / "flows.toml").stat().st_mode & 0o077 == 0
+
+
+def test_building_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--building / --weather, the folder's building, and the default: EnergyPlus's medium office in Tampa
+    when pyenergyplus-lbnl is installed, else the RC model; names as shipped or by alias compare equal."""
+    from bacpipes.cli import build_parser, demo
+    from bacpipes.errors import UserError
+
+    args = build_parser().parse_args(["demo", "--building", "energyplus:hospital", "--weather", "miami"])
+    assert (args.building, args.weather) == ("energyplus:hospital", "miami")
+    assert build_parser().parse_args(["demo"]).building is None  # the folder's, else the default
+
+    rc = demo.BuildingChoice("rc")
+    monkeypatch.setattr(demo, "energyplus_available", lambda: False)
+    assert demo.choose_building(None, None, None) == rc  # the fallback
+    assert (rc.site_id, rc.timezone) == ("macau-casino", "Asia/Macau")
+    with pytest.raises(UserError, match="pyenergyplus"):
+        demo.choose_building("energyplus:office_medium", None, None)
+    with pytest.raises(UserError, match="--weather is for an EnergyPlus building"):
+        demo.choose_building("rc", "tampa", None)
+    with pytest.raises(UserError, match="'rc' or 'energyplus:<prototype>'"):
+        demo.choose_building("trnsys", None, None)
+    if importlib.util.find_spec("pyenergyplus") is None:
+        return
+    monkeypatch.setattr(demo, "energyplus_available", lambda: True)
+    office = demo.choose_building(None, None, None)
+    assert office == demo.BuildingChoice("energyplus:ASHRAE901_OfficeMedium_STD2019_Denver",
+                                         "USA_FL_Tampa.Intl.AP.722110_TMY3")
+    assert demo.choose_building("energyplus:office_medium", "tampa", None) == office  # an alias, a part
+    assert demo.choose_building("rc", None, None) == rc  # asked for
+    # the site stands where its weather is (EnergyPlus keeps that place's local standard time)
+    assert (office.site_id, office.timezone) == ("tampa-office-medium", "America/New_York")
+    boulder = demo.choose_building("energyplus:hospital", "boulder", None)
+    assert (boulder.site_id, boulder.timezone) == ("boulder-hospital", "America/Denver")
+    # a folder keeps its building: a bare run reuses it, the same one by another name is accepted
+    assert demo.choose_building(None, None, rc.as_state()) == rc
+    assert demo.choose_building(None, None, boulder.as_state()) == boulder
+    assert demo.choose_building("energyplus:Hospital", "USA_CO_Boulder", boulder.as_state()) == boulder
+    for building, weather, held in (("energyplus:office_medium", None, rc), ("rc", None, office),
+                                    (None, "miami", office), ("energyplus:hospital", None, office)):
+        with pytest.raises(UserError, match="--reset"):
+            demo.choose_building(building, weather, held.as_state())
+
+
+def test_a_reused_folder_refuses_another_building(tmp_path: Path) -> None:
+    """A folder made on one building refuses another (before it starts anything), saying to use --reset;
+    a folder from before the choice holds the RC model."""
+    from bacpipes.cli.demo import Demo, Options
+    from bacpipes.errors import UserError
+
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    # no "building": made before there was a choice
+    state = {"created": "2025-01-01T00:00:00", "backfill": {"days": 10, "rows": 1},
+             "ports": {"site_db": 55001, "central_db": 55002, "mqtt": 55003}}
+    (folder / "demo.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"holds the demo of the RC model.*--reset"):
+        Demo(Options(dir=folder, building="energyplus:office_medium", app=False)).run()
+    assert json.loads((folder / "demo.json").read_text()) == state  # untouched
+    assert not (folder / "demo.pid").exists() and not (folder / "site-db").exists()
+    with pytest.raises(UserError, match="--weather is for an EnergyPlus building"):
+        Demo(Options(dir=folder, building="rc", weather="tampa", app=False)).run()

@@ -464,7 +464,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     return run_demo(devices=args.devices, seconds=args.seconds, interval_s=args.interval, directory=args.dir,
                     reset=args.reset, days=args.days, speed=args.speed, app=not args.no_app,
-                    readings=args.readings, status_every=args.status_every, verbose=args.verbose)
+                    readings=args.readings, status_every=args.status_every, verbose=args.verbose,
+                    building=args.building, weather=args.weather)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,7 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="var/demo", help="its folder: databases, broker, settings, logs")
     demo.add_argument("--reset", action="store_true", help="delete the folder first and start over")
     demo.add_argument("--days", type=int, default=14, help="simulated history on the first run (>= 10)")
-    demo.add_argument("--devices", type=int, default=3)
+    demo.add_argument("--building", default=None,
+                      help="rc (the fast RC model) or energyplus:<prototype>, e.g. energyplus:office_medium "
+                           "(default: the folder's; on a new folder EnergyPlus's medium office when "
+                           "pyenergyplus-lbnl is installed, else rc)")
+    demo.add_argument("--weather", default=None,
+                      help="EnergyPlus: a shipped TMY3 file's name or part of it (default tampa)")
+    demo.add_argument("--devices", type=int, default=3, help="controllers of the RC building")
     demo.add_argument("--seconds", type=float, default=None, help="stop this long after it is up")
     demo.add_argument("--interval", type=float, default=5.0, help="polling interval for the demo")
     demo.add_argument("--speed", type=float, default=1.0, help="building seconds per wall second")

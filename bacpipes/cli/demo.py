@@ -14,7 +14,8 @@ On a machine with only Python (no root, no Docker, nothing listening), `bacpipes
    flows each as their own role, with a password (scram-sha-256), from their own 0600 settings file
    (`edge.toml`, `app-site.toml`, `app-central.toml`, `flows.toml`);
 3. starts an **MQTT broker** in `<dir>/broker` (Mosquitto when installed, else the pure-Python amqtt);
-4. **backfills** `--days` of simulated history into the site database, which replicates to central;
+4. **backfills** `--days` of simulated history into the site database, which replicates to central:
+   of the building `--building` names (see "The building" below);
 5. runs the **baseline** and **train** flows once against central (Prefect in a temporary local server
    whose home is `<dir>/prefect`): Guideline 14 baseline, ONNX export, registry, shadow deployment,
    which replicates to the site;
@@ -26,6 +27,16 @@ On a machine with only Python (no root, no Docker, nothing listening), `bacpipes
    `--status-every` seconds until Ctrl-C (or `--seconds`), then stops everything in reverse order.
    `kill` and the terminal closing (SIGHUP) stop it the same way, and so does Ctrl-C on
    `bacpipes demo | tee log`, whose output is gone by then: it owns every process it started.
+
+The building: `--building energyplus:<prototype> [--weather NAME]` (a DOE prototype under EnergyPlus,
+default the medium office in Tampa: 5 controllers, 15 zones, 150+ points; it serves a step a minute,
+after EnergyPlus sizes and warms it up) or `--building rc` (the RC model, `--devices` controllers). The
+default on a new folder is EnergyPlus when pyenergyplus-lbnl is installed, else the RC model: it is real
+physics, so the baseline is as hard to fit as a real building's (hourly CV(RMSE) ~10 %, the RC model's
+~1.5 %). The site is named and placed by the building: `macau-casino` (Asia/Macau) for the RC model,
+`<city>-<prototype>` in the weather's time zone for EnergyPlus (`tampa-office-medium`, America/New_York),
+whose clock is the site's local standard time. The folder keeps its building (in `demo.json`): a run
+without `--building` serves it again, and one naming another building is refused (`--reset`).
 
 Everything lives in `<dir>` (default `var/demo`): the generated `site.toml` and `central.toml` work with
 every other command (`bacpipes edge points list --config var/demo/site.toml`). A second run reuses the
@@ -51,7 +62,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -79,8 +90,17 @@ from bacpipes.waiting import poll_until
 log = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("var/demo")
-SITE_ID = "macau-casino"
+SITE_ID = "macau-casino"  # the RC building's site (an EnergyPlus one is named by its city and prototype)
 TIMEZONE = "Asia/Macau"
+RC = "rc"
+ENERGYPLUS = "energyplus:"
+DEFAULT_PROTOTYPE = "ASHRAE901_OfficeMedium_STD2019_Denver"  # 15 zones on 3 VAV air handlers
+DEFAULT_WEATHER = "USA_FL_Tampa.Intl.AP.722110_TMY3"  # hot and humid: cooling all year
+LIVE_STEPS_PER_HOUR = 60  # the served EnergyPlus building steps every minute of building time
+# the shipped TMY3 files' states (their EPW gives only a fixed UTC offset, no daylight saving time)
+STATE_TIMEZONES = {"az": "America/Phoenix", "ca": "America/Los_Angeles", "co": "America/Denver",
+                   "fl": "America/New_York", "il": "America/Chicago", "nj": "America/New_York",
+                   "nv": "America/Los_Angeles", "ok": "America/Chicago", "va": "America/New_York"}
 ADDRESS_BASE = "127.0.0.200"  # the virtual controllers; no test uses 127.0.0.199-127.0.0.2xx
 AGENT_ADDRESS = "127.0.0.199/8:47999"
 PREFERRED_PORTS = {"site_db": 55432, "central_db": 55433, "mqtt": 18830}
@@ -119,6 +139,117 @@ class Options:
     app: bool = True
     readings: bool = False
     status_every: float = 15.0
+    building: str | None = None  # "rc" or "energyplus:<prototype>"; None: the folder's, else the default
+    weather: str | None = None  # EnergyPlus: a shipped TMY3 file's name or part of it
+
+
+# --- which building ------------------------------------------------------------------------------
+
+
+def energyplus_available() -> bool:
+    """Whether the EnergyPlus engine (pyenergyplus-lbnl) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyenergyplus") is not None
+
+
+@dataclass(frozen=True)
+class BuildingChoice:
+    """The virtual building a demo folder holds: `building` is "rc" or "energyplus:<prototype file stem>",
+    `weather` the TMY3 file's stem (EnergyPlus only); both as shipped, so two spellings compare equal."""
+
+    building: str = RC
+    weather: str | None = None
+
+    @property
+    def energyplus(self) -> bool:
+        return self.building.startswith(ENERGYPLUS)
+
+    @property
+    def prototype(self) -> str:
+        return self.building.removeprefix(ENERGYPLUS)
+
+    def as_state(self) -> dict[str, str | None]:
+        return {"building": self.building, "weather": self.weather}
+
+    def describe(self) -> str:
+        if not self.energyplus:
+            return "the RC model, Macau weather"
+        return f"EnergyPlus {self.prototype}, weather {self.weather}"
+
+    def cli(self) -> str:
+        """How to ask for it on the command line."""
+        return self.building + (f" --weather {self.weather}" if self.weather else "")
+
+    def _aliases(self) -> tuple[str, str]:
+        """(prototype alias, weather alias) as the dataset names them: office_medium, usa_fl_tampa."""
+        from sim.energyplus.engine import building_names
+
+        models, weathers = dict(building_names("model")), dict(building_names("weather"))
+        weather = self.weather or ""
+        return models.get(self.prototype, self.prototype), weathers.get(weather, weather)
+
+    @property
+    def site_id(self) -> str:
+        if not self.energyplus:
+            return SITE_ID
+        model, weather = self._aliases()
+        city = weather.split("_", 2)[-1] if weather.startswith("usa_") else weather
+        return f"{city}-{model}".lower().replace("_", "-").replace(".", "-")[:40]
+
+    @property
+    def timezone(self) -> str:
+        """The site's time zone: the weather's place (EnergyPlus keeps its local standard time, and the
+        backfill and the served building put it on the site's clock, so the sun stands where it should)."""
+        if not self.energyplus:
+            return TIMEZONE
+        _, weather = self._aliases()
+        state = weather.split("_")[1] if weather.startswith("usa_") else ""
+        if state in STATE_TIMEZONES:
+            return STATE_TIMEZONES[state]
+        from sim.energyplus.backfill import weather_zone_hours
+        from sim.energyplus.engine import package_data
+
+        hours = weather_zone_hours(package_data("weather", self.weather or DEFAULT_WEATHER))
+        if hours is None or hours != int(hours):
+            return "UTC"
+        return f"Etc/GMT{-int(hours):+d}" if hours else "UTC"  # POSIX sign: Etc/GMT+5 is UTC-5
+
+def choose_building(requested: str | None, weather: str | None, saved: dict[str, Any] | None,
+                    where: Path | str = DEFAULT_DIR) -> BuildingChoice:
+    """The building a run serves: the one asked for (`--building`, `--weather`), else the folder's
+    (`saved`, from its state file), else EnergyPlus's medium office in Tampa when pyenergyplus is installed,
+    else the RC model. A folder never mixes buildings: asking for another one than it holds is refused."""
+    held = BuildingChoice(**saved) if saved else None
+    if requested is None and weather is None and held is not None:
+        return held
+    if requested is None:
+        requested = held.building if held else (ENERGYPLUS + DEFAULT_PROTOTYPE if energyplus_available()
+                                                else RC)
+    requested = requested.strip()
+    if requested.lower() == RC:
+        if weather:
+            raise UserError("--weather is for an EnergyPlus building (--building energyplus:<prototype>); "
+                            "the RC model has its own Macau weather")
+        chosen = BuildingChoice(RC)
+    elif requested.lower().startswith(ENERGYPLUS):
+        if not energyplus_available():
+            from sim.energyplus.engine import ENGINE_MISSING
+
+            raise UserError(f"{ENGINE_MISSING} (or run the RC model: --building rc)")
+        from sim.energyplus.engine import package_data
+
+        name = requested[len(ENERGYPLUS):] or DEFAULT_PROTOTYPE
+        chosen = BuildingChoice(ENERGYPLUS + package_data("model", name).stem,
+                                package_data("weather", weather or DEFAULT_WEATHER).stem)
+    else:
+        raise UserError("--building must be 'rc' or 'energyplus:<prototype>' (e.g. "
+                        f"energyplus:office_medium), not {requested!r}")
+    if held is not None and chosen != held:
+        raise UserError(f"{_shown(Path(where))} holds the demo of {held.describe()}, not "
+                        f"{chosen.describe()}: their histories must not mix. Start over with --reset "
+                        "(which deletes that folder), or use another --dir")
+    return chosen
 
 
 @dataclass
@@ -135,6 +266,11 @@ class Demo:
     _admin_docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # site.toml, central.toml
     password: str = ""
     db_passwords: dict[str, str] = field(default_factory=dict)
+    choice: BuildingChoice = field(default_factory=BuildingChoice)  # the folder's building
+
+    @property
+    def site_id(self) -> str:
+        return self.choice.site_id
 
     # -- folder and state
 
@@ -167,6 +303,11 @@ class Demo:
         path = self.dir / STATE_FILE
         fresh = {"created": datetime.now().isoformat()}
         self.state = json.loads(path.read_text()) if path.exists() else fresh
+        saved = self.state.get("building")
+        if saved is None and "backfill" in self.state:  # a folder from before the choice: the RC model's
+            saved = BuildingChoice(RC).as_state()
+        self.choice = choose_building(self.opts.building, self.opts.weather, saved, self.dir)
+        self.state["building"] = self.choice.as_state()  # before any data: a half-made folder is this one's
         self._credentials()
         self._db_passwords()
         self._ports()
@@ -224,9 +365,9 @@ class Demo:
     def write_configs(self) -> None:
         d, ports = self.dir, self.state["ports"]
         last = ADDRESS_BASE.rsplit(".", 1)
-        targets = f"{ADDRESS_BASE}-{last[0]}.{int(last[1]) + self.opts.devices - 1}"
+        targets = f"{ADDRESS_BASE}-{last[0]}.{int(last[1]) + self.device_count() - 1}"
         common: dict[str, Any] = {
-            "site": {"id": SITE_ID, "timezone": TIMEZONE},
+            "site": {"id": self.site_id, "timezone": self.choice.timezone},
             "mqtt": {"url": f"mqtt://127.0.0.1:{ports['mqtt']}", "client_id": "bacpipes-demo-edge"},
             "alerts": {"state_path": str(d / "var" / "alerts-state.json")},
             "backups": {"dir": str(d / "backups")},
@@ -256,6 +397,16 @@ class Demo:
                     "the demo's central database;\n[site] id is the site the flows work for.")
         self.site = load_settings(d / "site.toml")
         self.central = load_settings(d / "central.toml")
+
+    def device_count(self) -> int:
+        """How many controllers the building serves: --devices for the RC model; for EnergyPlus one per
+        air handler, the plant and the meters (read from the prototype, without running it)."""
+        if not self.choice.energyplus:
+            return self.opts.devices
+        from sim.energyplus.engine import EnergyPlusBuilding
+
+        building = EnergyPlusBuilding(self.choice.prototype, self.choice.weather or DEFAULT_WEATHER)
+        return len(building.layout.air_loops) + 2
 
     def write_process_configs(self) -> None:
         """The settings of each process, naming its own database role (0600: they hold its password)."""
@@ -293,10 +444,10 @@ class Demo:
         with self.steps.step("certificates"):
             cert_dir = self.dir / "certs"
             certs.ensure_ca(cert_dir)
-            for name in ("central", f"site-{SITE_ID}"):
+            for name in ("central", f"site-{self.site_id}"):
                 if not (cert_dir / f"{name}.crt").exists():
                     certs.issue_server(cert_dir, name, ["127.0.0.1"])
-            for user in (CENTRAL_ROLE, site_role(SITE_ID)):
+            for user in (CENTRAL_ROLE, site_role(self.site_id)):
                 if not (cert_dir / f"{user}.crt").exists():
                     certs.issue_client(cert_dir, user)
             certs.chown_for_server(cert_dir)
@@ -311,9 +462,9 @@ class Demo:
         common = {"wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
                   "max_logical_replication_workers": "8", "max_worker_processes": "16",
                   "wal_sender_timeout": "30s", "wal_receiver_status_interval": "1s"}
-        clusters = [("site", "site-db", f"site-{SITE_ID}", [CENTRAL_ROLE])]
+        clusters = [("site", "site-db", f"site-{self.site_id}", [CENTRAL_ROLE])]
         if tls:
-            clusters.append(("central", "central-db", "central", [site_role(SITE_ID)]))
+            clusters.append(("central", "central-db", "central", [site_role(self.site_id)]))
         for label, folder, cert, users in clusters:
             name = f"{label} database (PostgreSQL, {origin}: {bin_dir})"
             with self.steps.step(name):
@@ -399,15 +550,23 @@ class Demo:
         update_points(self.site, match="*-ZN-CLG-SP", limits=ML_LIMITS)
 
     def _backfill(self) -> None:
-        from sim.backfill import backfill
-
         assert self.site is not None
-        days = self.opts.days
-        name = f"backfill {days} days of simulated history into the site database"
+        site, days, choice = self.site, self.opts.days, self.choice
+
+        def run() -> Any:
+            if choice.energyplus:  # 12 steps per hour: a step per reading
+                from sim.energyplus.backfill import backfill as backfill_energyplus
+
+                return backfill_energyplus(site, days, building=choice.prototype, weather=choice.weather
+                                           or DEFAULT_WEATHER, interval_s=BACKFILL_INTERVAL_S)
+            from sim.backfill import backfill
+
+            return backfill(site, days=days, devices=self.opts.devices, interval_s=BACKFILL_INTERVAL_S)
+
+        name = f"backfill {days} days of simulated history into the site database: {choice.describe()}"
         with self.steps.step(name, total=days) as update:
             result: dict[str, Any] = {}
-            worker = threading.Thread(daemon=True, target=lambda: result.update(report=backfill(
-                self.site, days=days, devices=self.opts.devices, interval_s=BACKFILL_INTERVAL_S)))
+            worker = threading.Thread(daemon=True, target=lambda: result.update(report=run()))
             worker.start()
 
             def finished() -> bool:
@@ -421,6 +580,8 @@ class Demo:
             if "report" not in result:
                 raise RuntimeError("the backfill failed: see the log above")
             report = result["report"]
+        for note in getattr(report, "notes", []):
+            self.steps.say(f"  note: {note}")
         self.state["backfill"] = {"days": days, "rows": report.rows, "first": report.first,
                                   "last": report.last, "seconds": round(report.seconds, 1)}
         self._save_state()
@@ -438,7 +599,7 @@ class Demo:
 
             def replicated() -> bool:
                 have = c.execute("SELECT count(*) FROM sensor_readings WHERE site_id = %s",
-                                 (SITE_ID,)).fetchone()[0]  # type: ignore[index]
+                                 (self.site_id,)).fetchone()[0]  # type: ignore[index]
                 update(completed=have)
                 return have >= total
 
@@ -508,7 +669,7 @@ class Demo:
         with self.steps.step("shadow deployment replicated to the site"), \
                 connect(self.site.database.dsn, autocommit=True) as s:
             query = "SELECT 1 FROM model_deployments WHERE site_id = %s AND version = %s"
-            poll_until(lambda: s.execute(query, (SITE_ID, version)).fetchone(), 120, interval=0.3,
+            poll_until(lambda: s.execute(query, (self.site_id, version)).fetchone(), 120, interval=0.3,
                        what=f"model {version} deployed on the site")
 
     # -- the app
@@ -553,11 +714,25 @@ class Demo:
         from sim.server import ThreadedBuilding
 
         assert self.site is not None
-        with self.steps.step(f"virtual building: {self.opts.devices} BACnet/IP controllers on "
-                             f"{ADDRESS_BASE}… :47808 ({self.opts.speed:g}x building time)"):
+        choice = self.choice
+        if choice.energyplus:
+            from sim.energyplus.backfill import standard_time
+
+            what = (f"virtual building: {choice.describe()}, {self.device_count()} BACnet/IP controllers "
+                    f"on {ADDRESS_BASE}… :47808, a step a minute ({self.opts.speed:g}x building time; "
+                    "EnergyPlus sizes and warms it up first)")
+            # EnergyPlus keeps local standard time: the site's clock without daylight saving, as the backfill
+            start = standard_time(datetime.now(UTC), self.site).replace(microsecond=0)
+            kwargs: dict[str, Any] = {"building": choice.building, "weather": choice.weather,
+                                      "timesteps_per_hour": LIVE_STEPS_PER_HOUR}
+        else:
+            what = (f"virtual building: {self.opts.devices} BACnet/IP controllers on {ADDRESS_BASE}… :47808 "
+                    f"({self.opts.speed:g}x building time)")
             start = datetime.now(self.site.site.tz).replace(tzinfo=None, microsecond=0)
-            building = ThreadedBuilding(devices=self.opts.devices, address_base=ADDRESS_BASE, seed=0,
-                                        speed=self.opts.speed, start=start)
+            kwargs = {"devices": self.opts.devices, "seed": 0}
+        with self.steps.step(what):
+            building = ThreadedBuilding(address_base=ADDRESS_BASE, speed=self.opts.speed, start=start,
+                                        **kwargs)
             self.cleanups.append(("virtual building", building.stop))  # before start: see start_databases
             building.start()
         apps = self.start_apps()
@@ -621,7 +796,7 @@ class Demo:
         with connect(self.site.database.dsn, autocommit=True) as s:
             newest, decisions = s.execute(
                 "SELECT (SELECT max(time) FROM point_state WHERE site_id = %(s)s),"
-                " (SELECT count(*) FROM inference_log WHERE site_id = %(s)s)", {"s": SITE_ID},
+                " (SELECT count(*) FROM inference_log WHERE site_id = %(s)s)", {"s": self.site_id},
             ).fetchone() or (None, 0)
         parts = [f"{agent.readings_published} readings published"]
         if newest:
@@ -629,7 +804,7 @@ class Demo:
         if self.linked:
             with connect(self.central.database.dsn, autocommit=True) as c:
                 lag = c.execute("SELECT lag_s::float8 FROM replication_status WHERE site_id = %s",
-                                (SITE_ID,)).fetchone()
+                                (self.site_id,)).fetchone()
             known = lag and lag[0] is not None
             parts.append(f"replication lag {lag[0]:.1f} s" if known else "replication: -")
         parts.append(f"{decisions} shadow decisions logged")
@@ -653,23 +828,26 @@ class Demo:
             lines.append(f"  central database:   {central_db}   (replicated from the site over TLS)")
         lines.append("  database roles:     bacpipes_edge (agent), bacpipes_app (apps), bacpipes_flows_runner"
                      f" (flows): {d}/{DB_ROLES_FILE}")
-        lines.append(f"  MQTT broker:        mqtt://127.0.0.1:{ports['mqtt']}   (topics {SITE_ID}/#)")
+        lines.append(f"  MQTT broker:        mqtt://127.0.0.1:{ports['mqtt']}   (topics {self.site_id}/#)")
         lines.append(f"  settings:           {d}/site.toml" + (f", {d}/central.toml" if self.linked else ""))
         flows = self.state.get("flows")
         if flows:
             lines.append(f"  model:              {flows['model']} in {flows['mode']} mode (baseline CV(RMSE) "
                          f"{flows['baseline']['cv_rmse']:.1%})")
+        lines.append(f"  building:           {self.choice.describe()}   (--building {self.choice.cli()})")
         lines.append(f"  logs:               {d}/logs/")
         central = f"{d}/central.toml" if self.linked else f"{d}/site.toml"
+        point_id, name = self._setpoint()
+        zone = name.removesuffix("-ZN-CLG-SP")
         lines += [
             "", "Try, in another terminal:",
-            f"  bacpipes edge points list --config {d}/site.toml --match 'AHU1-*'",
-            f"  bacpipes write --config {d}/site.toml --point {self._setpoint_id()} --value 23 "
-            "--reason 'demo'   (AHU1's cooling setpoint)",
+            f"  bacpipes edge points list --config {d}/site.toml --match '{zone}-*'",
+            f"  bacpipes write --config {d}/site.toml --point {point_id} --value 23 "
+            f"--reason 'demo'   ({name}: {zone}'s cooling setpoint)",
             f"  bacpipes central status --config {central}" if self.linked
             else f"  bacpipes site status --config {d}/site.toml",
             f"  bacpipes flows run ab-plan --config {central}",
-            f"  mosquitto_sub -p {ports['mqtt']} -t '{SITE_ID}/#' -v",
+            f"  mosquitto_sub -p {ports['mqtt']} -t '{self.site_id}/#' -v",
             "",
             "Ctrl-C stops everything; the data stays in the folder for the next `bacpipes demo` "
             "(--reset starts over).",
@@ -677,17 +855,21 @@ class Demo:
         ]
         self.steps.say("\n".join(lines))
 
-    def _setpoint_id(self) -> str:
+    def _setpoint(self) -> tuple[str, str]:
+        """The write example's point: the first zone's cooling setpoint (AHU1-ZN-CLG-SP on the RC model,
+        AHU1_ZN1-ZN-CLG-SP, the ground floor's core, on the medium office): (point id, object name)."""
         from bacpipes.db import connect
 
         assert self.site is not None
         try:
             with connect(self.site.database.dsn, autocommit=True) as conn:
-                row = conn.execute("SELECT point_id FROM point WHERE site_id = %s"
-                                   " AND object_name = 'AHU1-ZN-CLG-SP'", (SITE_ID,)).fetchone()
+                row = conn.execute(
+                    "SELECT point_id, object_name FROM point WHERE site_id = %s AND missing_since IS NULL"
+                    " AND object_name LIKE '%%-ZN-CLG-SP' ORDER BY device_id, object_instance LIMIT 1",
+                    (self.site_id,)).fetchone()
         except Exception:
             row = None
-        return str(row[0]) if row else "ID"
+        return (str(row[0]), row[1]) if row else ("ID", "AHU1-ZN-CLG-SP")
 
     # -- run
 
@@ -698,7 +880,8 @@ class Demo:
         try:
             self.prepare_folder()
             first = "backfill" not in self.state
-            self.steps.say(f"BacPipes demo in {_shown(self.dir)} ({'first run' if first else 'reusing it'})")
+            self.steps.say(f"BacPipes demo in {_shown(self.dir)} ({'first run' if first else 'reusing it'}): "
+                           f"{self.choice.describe()}, site {self.site_id}")
             self.write_configs()
             self.start_databases()
             self.start_broker()
@@ -932,13 +1115,14 @@ def run_demo(
     devices: int = 3, seconds: float | None = None, interval_s: float = 5.0, *,
     directory: str | Path | None = None, reset: bool = False, days: int = 14, speed: float = 1.0,
     app: bool = True, readings: bool = False,
-    status_every: float = 15.0, verbose: bool = False,
+    status_every: float = 15.0, verbose: bool = False, building: str | None = None,
+    weather: str | None = None,
 ) -> int:
     if days < MIN_DAYS:
         raise UserError(f"--days must be at least {MIN_DAYS}: the baseline needs more than a week of hours")
     opts = Options(dir=Path(directory) if directory else DEFAULT_DIR, reset=reset, days=days, devices=devices,
                    seconds=seconds, interval_s=interval_s, speed=speed, app=app, readings=readings,
-                   status_every=status_every)
+                   status_every=status_every, building=building, weather=weather)
     with _console_may_vanish():
         _quiet_console(opts.dir, verbose)
         return Demo(opts).run()
