@@ -9,6 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# OpenBLAS's threads spin while they wait: on 2 cores they take the CPU from the simulators and agents the
+# tests run beside a fit (measured: a baseline fit 7x slower under load). One thread, for this process and
+# every child it starts; set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
