@@ -322,10 +322,20 @@ class BackfillReport:
         skipped = f", {self.skipped:,} already present" if self.skipped else ""
         return (
             f"{self.site_id}: {self.rows:,} simulated readings{skipped} for {self.points} points on "
-            f"{self.devices} virtual devices, every {self.interval_s:g} s, {span} (seed {self.seed}), "
+            f"{self.source()}, every {self.interval_s:g} s, {span}{self.seed_note()}, "
             f"in {self.seconds:.1f} s ({self.rows_per_s:,.0f} rows/s, {self.sim_days_per_s:.2f} "
-            f"simulated days/s; physics {self.physics_seconds:.1f} s)"
+            f"simulated days/s; {self.physics()})"
         )
+
+    # what a building's own backfill says of itself in the summary
+    def source(self) -> str:
+        return f"{self.devices} virtual devices"
+
+    def seed_note(self) -> str:
+        return f" (seed {self.seed})"
+
+    def physics(self) -> str:
+        return f"physics {self.physics_seconds:.1f} s"
 
 
 # --- database ------------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ The RC model's backfill (`sim.backfill`) is the template; this module differs on
   mapping, and `record_discovery` stores it, so names, topics and Haystack tags are a discovered site's.
   The controllers' identity (vendor ``sim.devices.VENDOR_NAME``, model ``VB-EP-<family>``, location
   ``<prototype>, weather <epw>``, 1476-byte APDUs with segmentation, addresses from 127.0.0.10) and
-  their rounding are those `sim.energyplus.devices` serves, repeated here until `DeviceSpec` carries
-  them (then both read them from `describe()`).
+  their rounding are those `sim.energyplus.devices` serves, read from it.
 - **Values are what the controllers would serve.** A point's present value is its `Sample` key (a
   setpoint: the value in effect, which with no command is the thermostat's schedule), rounded as the
   controller does (2 decimals; a kWh register 1), then published as the poller does (a BACnet REAL's
@@ -63,6 +62,7 @@ from sim.backfill import (
     timeline,
 )
 from sim.devices import VENDOR_ID, VENDOR_NAME
+from sim.energyplus.devices import MAX_APDU, SEGMENTATION, digits, location, model_name
 from sim.energyplus.engine import EnergyPlusBuilding, Sample
 from sim.energyplus.idf import VALID_TIMESTEPS
 from sim.energyplus.points import DeviceSpec, describe
@@ -75,26 +75,9 @@ DEFAULT_TIMESTEPS_PER_HOUR = 12  # 5-minute steps: 7 days in ~5 s of EnergyPlus,
 MIN_TIMESTEPS_PER_HOUR = 4  # the coarsest a prototype is meant to run at (their own files say 4 or 6)
 ADDRESS_BASE = "127.0.0.10"
 PORT = 47808
-MAX_APDU = 1476
-SEGMENTATION = "segmentedBoth"
 
 
 # --- the catalog ---------------------------------------------------------------------------------
-
-
-# As sim.energyplus.devices serves them (until DeviceSpec carries the identity, see the module docstring)
-MODELS = {"AHU": "VB-EP-AHU", "PLANT": "VB-EP-PLANT", "MTR": "VB-EP-MTR"}
-DIGITS = {"kilowattHours": 1}  # a meter's register; every other value to 0.01
-
-
-def model_name(spec: DeviceSpec) -> str:
-    """The controller's model name, by its family (``AHU-2`` -> ``VB-EP-AHU``)."""
-    return MODELS.get(spec.name.split("-", 1)[0], "VB-EP")
-
-
-def location(building: EnergyPlusBuilding) -> str:
-    """The controllers' location: which prototype and weather they run."""
-    return f"{building.model_path.stem}, weather {building.weather_path.stem}"
 
 
 def weather_zone_hours(weather: Path) -> float | None:
@@ -149,7 +132,7 @@ def point_keys(specs: list[DeviceSpec]) -> tuple[list[tuple[int, str, int]], lis
 
 def point_digits(specs: list[DeviceSpec]) -> list[int]:
     """The decimals each point's controller rounds its value to."""
-    return [DIGITS.get(p.units, 2) for d in specs for p in d.points]
+    return [digits(p.units) for d in specs for p in d.points]
 
 
 # --- time ----------------------------------------------------------------------------------------
@@ -201,20 +184,15 @@ class EnergyPlusBackfillReport(BackfillReport):
     timesteps_per_hour: int = 0
     start_seconds: float = 0.0  # of physics_seconds: EnergyPlus's sizing and warmup
 
-    def summary(self) -> str:
-        span = (
-            f"{self.first:%Y-%m-%d %H:%M}..{self.last:%Y-%m-%d %H:%M} UTC" if self.first and self.last
-            else "no samples"
-        )
-        skipped = f", {self.skipped:,} already present" if self.skipped else ""
-        return (
-            f"{self.site_id}: {self.rows:,} simulated readings{skipped} for {self.points} points on "
-            f"{self.devices} EnergyPlus controllers ({self.model}, weather {self.weather}, "
-            f"{self.timesteps_per_hour} steps/h), every {self.interval_s:g} s, {span}, "
-            f"in {self.seconds:.1f} s ({self.rows_per_s:,.0f} rows/s, {self.sim_days_per_s:.2f} "
-            f"simulated days/s; EnergyPlus "
-            f"{self.physics_seconds:.1f} s of which start {self.start_seconds:.1f} s)"
-        )
+    def source(self) -> str:
+        return (f"{self.devices} EnergyPlus controllers ({self.model}, weather {self.weather}, "
+                f"{self.timesteps_per_hour} steps/h)")
+
+    def seed_note(self) -> str:
+        return ""  # deterministic: no seed
+
+    def physics(self) -> str:
+        return f"EnergyPlus {self.physics_seconds:.1f} s of which start {self.start_seconds:.1f} s"
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -33,8 +33,26 @@ from sim.energyplus.points import DeviceSpec, PointSpec
 from sim.objects import ReadCounter, SimAnalogInput, SimAnalogValue, publish
 
 Override = tuple[str, Which]  # (EnergyPlus zone, "cooling" | "heating")
+# the controllers' identity and rounding, as served here and recorded by sim.energyplus.backfill
+MAX_APDU = 1476
+SEGMENTATION = "segmentedBoth"
 _MODELS = {"AHU": "VB-EP-AHU", "PLANT": "VB-EP-PLANT", "MTR": "VB-EP-MTR"}
 _DIGITS = {"kilowattHours": 1}  # a meter's register; everything else to 0.01
+
+
+def model_name(spec: DeviceSpec) -> str:
+    """The controller's model name, by its family (``AHU-2`` -> ``VB-EP-AHU``)."""
+    return _MODELS.get(spec.name.split("-", 1)[0], "VB-EP")
+
+
+def location(building: EnergyPlusBuilding) -> str:
+    """The controllers' location: which prototype and weather they run."""
+    return f"{building.model_path.stem}, weather {building.weather_path.stem}"
+
+
+def digits(units: str | None) -> int:
+    """The decimals a controller rounds a value in these units to."""
+    return _DIGITS.get(units or "", 2)
 
 
 class ScheduledSetpoint(SimAnalogValue):
@@ -64,19 +82,18 @@ class EPlusDevice:
 
     def build(self, sample: Sample) -> list[Any]:
         """Create the objects (inside the event loop: bacpypes3 schedules on init), valued from sample."""
-        family = self.spec.name.split("-", 1)[0]
         device = DeviceObject(
             objectIdentifier=("device", self.instance),
             objectName=self.spec.name,
             description=self.spec.description,
-            location=f"{self.building.model_path.stem}, weather {self.building.weather_path.stem}",
+            location=location(self.building),
             vendorName=VENDOR_NAME,
             vendorIdentifier=VENDOR_ID,
-            modelName=_MODELS.get(family, "VB-EP"),
+            modelName=model_name(self.spec),
             firmwareRevision="25.2",  # the EnergyPlus engine's version behind it
             applicationSoftwareVersion="bacpipes-sim energyplus",
-            maxApduLengthAccepted=1476,
-            segmentationSupported="segmentedBoth",
+            maxApduLengthAccepted=MAX_APDU,
+            segmentationSupported=SEGMENTATION,
         )
         link = f"{self.address}/8" + ("" if self.port == 47808 else f":{self.port}")
         port = NetworkPortObject(link, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
@@ -146,4 +163,4 @@ class EPlusDevice:
 
 
 def _value(spec: PointSpec, sample: Sample, key: str) -> float:
-    return f32(sample.values.get(key, 0.0), _DIGITS.get(spec.units, 2))
+    return f32(sample.values.get(key, 0.0), digits(spec.units))
