@@ -42,13 +42,7 @@ def _window(days: int, end: datetime | None) -> tuple[datetime, datetime]:
 def transient(task: Task, run: TaskRun, state: State) -> bool:
     """Retry what may pass by itself (the database away for a moment), never a mistake or a bug: retrying
     those only delays the failure by the retries' delays."""
-    try:
-        state.result()
-    except psycopg.OperationalError:
-        return True
-    except Exception:
-        return False
-    return False
+    return isinstance(state.result(raise_on_failure=False), psycopg.OperationalError)
 
 
 @task(retries=3, retry_delay_seconds=10, retry_condition_fn=transient)
