@@ -37,6 +37,7 @@ from bacpypes3.primitivedata import ObjectIdentifier
 from bacpipes.errors import UserError
 from sim.bbmd import make_bbmd
 from sim.devices import FIRST_INSTANCE, SimDevice
+from sim.energyplus.engine import DEFAULT_MODEL, DEFAULT_WEATHER, PREFIX
 from sim.objects import SimApplication
 from sim.physics import Building
 from sim.router import SimRouter
@@ -45,9 +46,6 @@ LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 T = TypeVar("T")
 BIND_TIMEOUT_S = 10.0
 RC = "rc"
-ENERGYPLUS = "energyplus:"
-DEFAULT_PROTOTYPE = "ASHRAE901_OfficeMedium_STD2019_Denver"
-DEFAULT_WEATHER = "USA_FL_Tampa.Intl.AP.722110_TMY3"  # hot and humid: cooling, and moisture, all year
 DEFAULT_DAYS = 366  # the EnergyPlus run period served: a year of building time, then values stop moving
 CATCH_UP_STEPS = 240  # per hand-off to the engine's thread: ~0.15 s of EnergyPlus for the medium office
 MIN_TICK_S = 0.005
@@ -62,13 +60,13 @@ def energyplus_building(
         return None
     if not isinstance(building, str):
         return building  # an EnergyPlusBuilding made by the caller
-    if not building.startswith(ENERGYPLUS):
-        raise UserError(f"building {building!r}: use {RC!r} or '{ENERGYPLUS}<prototype>', e.g. "
-                        f"'{ENERGYPLUS}{DEFAULT_PROTOTYPE}'")
+    if not building.startswith(PREFIX):
+        raise UserError(f"building {building!r}: use {RC!r} or '{PREFIX}<prototype>', e.g. "
+                        f"'{PREFIX}{DEFAULT_MODEL}'")
     from sim.energyplus.engine import EnergyPlusBuilding
 
     day = (start or datetime.now()).date()
-    model = building.removeprefix(ENERGYPLUS) or DEFAULT_PROTOTYPE
+    model = building.removeprefix(PREFIX) or DEFAULT_MODEL
     return EnergyPlusBuilding(model, weather or DEFAULT_WEATHER, day, days=days,
                               timesteps_per_hour=timesteps_per_hour)
 

@@ -86,6 +86,8 @@ from bacpipes.points import update_points
 from bacpipes.progress import Steps
 from bacpipes.settings import Settings, load_settings
 from bacpipes.waiting import poll_until
+from sim.energyplus.engine import DEFAULT_MODEL, DEFAULT_WEATHER
+from sim.energyplus.engine import PREFIX as ENERGYPLUS  # --building energyplus:<prototype>
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +95,6 @@ DEFAULT_DIR = Path("var/demo")
 SITE_ID = "macau-casino"  # the RC building's site (an EnergyPlus one is named by its city and prototype)
 TIMEZONE = "Asia/Macau"
 RC = "rc"
-ENERGYPLUS = "energyplus:"
-DEFAULT_PROTOTYPE = "ASHRAE901_OfficeMedium_STD2019_Denver"  # 15 zones on 3 VAV air handlers
-DEFAULT_WEATHER = "USA_FL_Tampa.Intl.AP.722110_TMY3"  # hot and humid: cooling all year
 LIVE_STEPS_PER_HOUR = 60  # the served EnergyPlus building steps every minute of building time
 # the shipped TMY3 files' states (their EPW gives only a fixed UTC offset, no daylight saving time)
 STATE_TIMEZONES = {"az": "America/Phoenix", "ca": "America/Los_Angeles", "co": "America/Denver",
@@ -224,7 +223,7 @@ def choose_building(requested: str | None, weather: str | None, saved: dict[str,
     if requested is None and weather is None and held is not None:
         return held
     if requested is None:
-        requested = held.building if held else (ENERGYPLUS + DEFAULT_PROTOTYPE if energyplus_available()
+        requested = held.building if held else (ENERGYPLUS + DEFAULT_MODEL if energyplus_available()
                                                 else RC)
     requested = requested.strip()
     if requested.lower() == RC:
@@ -239,7 +238,7 @@ def choose_building(requested: str | None, weather: str | None, saved: dict[str,
             raise UserError(f"{ENGINE_MISSING} (or run the RC model: --building rc)")
         from sim.energyplus.engine import package_data
 
-        name = requested[len(ENERGYPLUS):] or DEFAULT_PROTOTYPE
+        name = requested[len(ENERGYPLUS):] or DEFAULT_MODEL
         chosen = BuildingChoice(ENERGYPLUS + package_data("model", name).stem,
                                 package_data("weather", weather or DEFAULT_WEATHER).stem)
     else:

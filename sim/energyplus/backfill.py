@@ -63,14 +63,11 @@ from sim.backfill import (
 )
 from sim.devices import VENDOR_ID, VENDOR_NAME
 from sim.energyplus.devices import MAX_APDU, SEGMENTATION, digits, location, model_name
-from sim.energyplus.engine import EnergyPlusBuilding, Sample
+from sim.energyplus.engine import DEFAULT_MODEL, DEFAULT_WEATHER, PREFIX, EnergyPlusBuilding, Sample
 from sim.energyplus.idf import VALID_TIMESTEPS
 from sim.energyplus.points import DeviceSpec, describe
 from sim.server import device_addresses
 
-PREFIX = "energyplus:"  # the CLI's --building energyplus:<prototype>
-DEFAULT_MODEL = "office_medium"
-DEFAULT_WEATHER = "tampa"
 DEFAULT_TIMESTEPS_PER_HOUR = 12  # 5-minute steps: 7 days in ~5 s of EnergyPlus, 30 days in ~15 s
 MIN_TIMESTEPS_PER_HOUR = 4  # the coarsest a prototype is meant to run at (their own files say 4 or 6)
 ADDRESS_BASE = "127.0.0.10"

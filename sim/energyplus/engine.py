@@ -45,6 +45,10 @@ from typing import Any, Literal
 from bacpipes.errors import UserError
 from sim.energyplus.idf import FACILITY_METER, Idf, Layout, layout, prepare
 
+# where the RC model is the other choice, a building is named "energyplus:<prototype>" (--building)
+PREFIX = "energyplus:"
+DEFAULT_MODEL = "ASHRAE901_OfficeMedium_STD2019_Denver"  # 15 zones on 3 VAV air handlers
+DEFAULT_WEATHER = "USA_FL_Tampa.Intl.AP.722110_TMY3"  # hot and humid: cooling, and moisture, all year
 RUN_PERIOD_WEATHER = 3  # EnergyPlus KindOfSim::RunPeriodWeather
 DEADBAND_K = 1.0  # heating is held at least this far below cooling, as sim.physics does
 START_TIMEOUT_S = 900.0  # sizing + warmup of a large prototype at 1-minute steps
@@ -219,8 +223,8 @@ class EnergyPlusBuilding:
 
     def __init__(
         self,
-        model: str | Path = "office_medium",
-        weather: str | Path = "tampa",
+        model: str | Path = DEFAULT_MODEL,
+        weather: str | Path = DEFAULT_WEATHER,
         start: date = date(2025, 7, 1),
         days: int = 7,
         timesteps_per_hour: int = 60,
