@@ -34,6 +34,7 @@ from edge.spool import SpoolMessage
 log = logging.getLogger(__name__)
 
 _STATE_FLUSH_S = 5.0
+_INFERENCE_RETRY_S = 60.0  # after a failed inference round
 
 # Polling health only: value, quality and time belong to the ingester, which writes them from the
 # readings that actually reached the database. A failed read marks the point bad until the next reading.
@@ -207,14 +208,17 @@ class EdgeAgent:
                 last_health = time.time()
 
     async def _inference(self, inference: EdgeInference) -> None:
-        """Every ml.interval_s; a failing round is logged and the next one tries again."""
+        """Every ml.interval_s; a failing round is logged and tried again within a minute, not a whole
+        interval later (a database restart should not cost the building 15 minutes of control)."""
         while not self.stop_event.is_set():
+            wait = self.settings.ml.interval_s
             try:
                 await asyncio.to_thread(inference.step)
             except Exception:
                 log.exception("inference round failed; no write was made")
+                wait = min(wait, _INFERENCE_RETRY_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.ml.interval_s)
+                await asyncio.wait_for(self.stop_event.wait(), timeout=wait)
 
     def _heartbeat(self) -> None:
         """Central measures replication lag by this row's age when it arrives there."""

@@ -109,6 +109,13 @@ def demo_processes(directory: Path) -> list[str]:
     return started_by(None, directory)
 
 
+def inference_lines(directory: Path) -> list[str]:
+    """The demo log's lines about inference and its errors (the log is kept in the folder)."""
+    log = directory / "logs" / "demo.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line for line in lines if "inference" in line or "ERROR" in line or "model" in line][-40:]
+
+
 def count(dsn: str, query: str, *params: object) -> int:
     with psycopg.connect(dsn, connect_timeout=5) as conn:
         return conn.execute(query, params).fetchone()[0]
@@ -172,11 +179,16 @@ def first_run(folder: Path) -> dict:
         "users": count(site, "SELECT count(*) FROM app_users WHERE username = 'demo' AND role = 'operator'"),
         "shadow_decisions": count(site, shadow),
     }
-    deadline = time.monotonic() + 30  # the live readings reach central too; inference runs its first round
+    # the live readings reach central too; inference runs its first round (and a failed one is retried
+    # within a minute)
+    deadline = time.monotonic() + 90
     while (count(central, live) == 0 or observed["shadow_decisions"] < zones) and time.monotonic() < deadline:
         time.sleep(0.5)
         observed["shadow_decisions"] = count(site, shadow)
     observed["central_live"] = count(central, live)
+    with psycopg.connect(site, connect_timeout=5) as conn:  # what inference said, for a failure's message
+        observed["inference_details"] = conn.execute(
+            "SELECT mode, detail, count(*) FROM inference_log GROUP BY 1, 2").fetchall()
     run.proc.send_signal(signal.SIGINT)
     elapsed = run.finish()
     return {"run": run, "site_users": site_users, "without_password": without_password, "url": url,
@@ -199,7 +211,8 @@ def test_first_run_brings_up_the_whole_platform(folder: Path, first_run: dict) -
     assert r["site_live"] > 0 and r["central_live"] > 0
     assert r["registered"] == 1 and r["site_shadow"] == 1  # trained on central, deployed to the site
     assert r["baselines"] == 1 and r["users"] == 1
-    assert r["shadow_decisions"] == r["zones"]  # one per zone: the model decided, in shadow, wrote nothing
+    # one per zone: the model decided, in shadow, wrote nothing
+    assert r["shadow_decisions"] == r["zones"], (r["inference_details"], inference_lines(folder))
     credentials = folder / "credentials.txt"
     assert r["password"] in credentials.read_text() and credentials.stat().st_mode & 0o077 == 0
     text = r["run"].text
