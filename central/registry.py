@@ -11,12 +11,14 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from bacpipes.errors import UserError
 from models.artifact import load
+from models.card import CardError, ClosedLoop, ModelCard, from_registry
 
 MODES = ("shadow", "active", "off")
 
@@ -30,13 +32,50 @@ def register(conn: psycopg.Connection, name: str, version: str, path: Path, crea
     digest = hashlib.sha256(data).hexdigest()
     metadata = load(data, digest).metadata
     metrics = json.loads(metadata.get("metrics", "{}"))
+    card = ModelCard.from_metadata(metadata).to_dict()  # what the file claims, fixed at registration
     conn.execute(
-        "INSERT INTO model_registry (name, version, sha256, metrics, metadata, onnx, created_by)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (name, version, digest, Jsonb(metrics), Jsonb(metadata), data, created_by),
+        "INSERT INTO model_registry (name, version, sha256, metrics, metadata, onnx, created_by, card)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (name, version, digest, Jsonb(metrics), Jsonb(metadata), data, created_by, Jsonb(card)),
     )
     conn.commit()
     return digest
+
+
+def record_closed_loop(conn: psycopg.Connection, name: str, version: str, kpis: dict[str, Any],
+                       recorded_by: str = "central") -> ModelCard:
+    """Append a closed-loop measurement of a registered version (models.card.ClosedLoop.from_dict has the
+    shape); returns the card as it now reads. Earlier measurements stay (sql/019_model_card.sql).
+
+    Raises UserError for a version that is not registered or KPIs that are not numbers.
+    """
+    try:
+        checked = ClosedLoop.from_dict(kpis)
+    except CardError as exc:
+        raise UserError(f"closed-loop KPIs for {name}@{version} refused: {exc}") from None
+    entry = {k: v for k, v in checked.to_dict().items() if k not in ("measured_at", "recorded_by")}
+    row = conn.execute(
+        "UPDATE model_registry SET closed_loop = closed_loop || jsonb_build_array(jsonb_build_object("
+        " 'at', to_jsonb(date_trunc('second', now())), 'by', %s::text, 'kpis', %s::jsonb))"
+        " WHERE name = %s AND version = %s RETURNING card, metadata, closed_loop",
+        (recorded_by, Jsonb(entry), name, version),
+    ).fetchone()
+    if row is None:  # nothing was changed
+        known = [v for (v,) in conn.execute(
+            "SELECT version FROM model_registry WHERE name = %s ORDER BY created_at", (name,))]
+        raise UserError(f"model {name}@{version} is not registered, so its closed-loop KPIs have nowhere to "
+                        f"go (registered versions of {name}: {', '.join(known) or 'none'})")
+    conn.commit()
+    return from_registry(*row)
+
+
+def card(conn: psycopg.Connection, name: str, version: str) -> ModelCard:
+    """The registered version's card with its newest closed-loop measurement."""
+    row = conn.execute("SELECT card, metadata, closed_loop FROM model_registry"
+                       " WHERE name = %s AND version = %s", (name, version)).fetchone()
+    if row is None:
+        raise UserError(f"model {name}@{version} is not registered")
+    return from_registry(*row)
 
 
 def deploy(conn: psycopg.Connection, site_id: str, name: str, version: str, mode: str, created_by: str,

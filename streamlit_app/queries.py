@@ -17,6 +17,7 @@ import psycopg
 from bacpipes.readings import load_readings
 from bacpipes.replication import agent_silent, site_slots
 from bacpipes.settings import Settings
+from models.card import ModelCard, from_registry
 
 
 def frame(conn: psycopg.Connection, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> pd.DataFrame:
@@ -164,6 +165,28 @@ def registry(conn: psycopg.Connection) -> pd.DataFrame:
         return table
     metrics = pd.json_normalize(table.pop("metrics").tolist())
     return pd.concat([table, metrics], axis=1)
+
+
+def model_cards(conn: psycopg.Connection) -> list[tuple[str, str, ModelCard]]:
+    """(name, version, card) of every registered version, newest first per model: the card stored at
+    registration (built from the metadata for a row registered before cards were) with its newest
+    closed-loop measurement."""
+    found = conn.execute("SELECT name, version, card, metadata, closed_loop FROM model_registry"
+                         " ORDER BY name, created_at DESC").fetchall()
+    return [(name, version, from_registry(card, metadata, closed_loop))
+            for name, version, card, metadata, closed_loop in found]
+
+
+def running(conn: psycopg.Connection, sites: list[str]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(name, version) -> [(site, mode)] of each site's newest deployment of each model (mode 'off'
+    included: the version was switched off there)."""
+    found = conn.execute("SELECT DISTINCT ON (site_id, name) site_id, name, version, mode"
+                         " FROM model_deployments WHERE site_id = ANY(%s)"
+                         " ORDER BY site_id, name, created_at DESC, id DESC", (sites,)).fetchall()
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for site, name, version, mode in found:
+        out.setdefault((name, version), []).append((site, mode))
+    return out
 
 
 def deployments(conn: psycopg.Connection, sites: list[str], limit: int = 100) -> pd.DataFrame:

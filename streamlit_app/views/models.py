@@ -1,5 +1,9 @@
-"""Models: the registry with its metrics, what runs at each site (shadow or active), the actions that
-change that (operators, on central where the registry is), and shadow predictions against what happened.
+"""Models: the registry with its metrics and each version's card (models.card: training data, features,
+error on held-back days, the families tried, the closed-loop KPIs it achieved, where it runs), what runs at
+each site (shadow or active), the actions that change that (operators, on central where the registry is),
+and shadow predictions against what happened.
+
+A card shows every part, saying "not measured" where the model has none, so a missing figure is seen.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import streamlit as st
 
 from bacpipes.zones import find_zones
 from central.registry import MODES, deploy, rollback
+from models.card import ModelCard, figure
 from streamlit_app import queries
 from streamlit_app.context import (
     act_as_operator,
@@ -42,6 +47,40 @@ def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str, name: s
         name = act_as_operator(conn)
         previous = rollback(conn, site, model, f"ui:{name}", "rolled back in the app")
         st.success(f"{model} at {site} rolled back to {previous}.")
+
+
+def _plain(text: str) -> str:
+    """Names such as zone_temp_next as text, not markdown emphasis."""
+    return text.replace("\\", "\\\\").replace("_", "\\_").replace("*", "\\*")
+
+
+def _table(rows: list[dict], index: str | list[str]) -> None:
+    """A static table of figures as the card prints them, "not measured" in the cells that have none."""
+    table = pd.DataFrame(rows).set_index(index)
+    st.table(table.map(lambda v: figure(None if pd.isna(v) else v) if not isinstance(v, str) else v))
+
+
+def model_card(name: str, version: str, card: ModelCard, where: list[tuple[str, str]], first: bool) -> None:
+    running = "; ".join(f"{mode} at {site}" for site, mode in where) or "not deployed"
+    with st.expander(f"{name}@{version} · {running}", expanded=first):
+        st.markdown("\n".join(f"- {_plain(line)}" for line in card.summary()))
+        facts = [*card.facts(), ("Mode per site", running)]
+        st.table(pd.DataFrame(facts, columns=["", "card"]).set_index(""))
+        if card.multistep_mae:
+            st.caption("Multi-step error on held-back days (mean absolute error)")
+            _table(card.multistep_table(), "steps ahead")
+        if card.candidates:
+            st.caption("Model families tried (mean absolute error on held-back days)")
+            _table(card.candidates_table(), ["family", "steps ahead"])
+        if card.closed_loop:
+            st.caption("Closed-loop KPIs per controller")
+            _table(card.closed_loop.table(), "controller")
+
+
+def cards(conn: psycopg.Connection) -> None:
+    where = queries.running(conn, sites(conn))
+    for i, (name, version, card) in enumerate(queries.model_cards(conn)):
+        model_card(name, version, card, where.get((name, version), []), first=i == 0)
 
 
 def shadow(conn: psycopg.Connection, site: str) -> None:
@@ -75,6 +114,8 @@ def page() -> None:
                        "deployments).")
         else:
             st.dataframe(registry, hide_index=True)
+            st.subheader("Model cards")
+            cards(conn)
         st.subheader("Deployments")
         history = queries.deployments(conn, sites(conn))
         if history.empty:
