@@ -70,7 +70,10 @@ def refusal(
         return f"unknown point {command.point_id}: not a point of this site"
     if command.not_after is not None and now > command.not_after:
         return f"expired: it had to run by {command.not_after.isoformat(timespec='seconds')}"
-    if authority != "remote":
+    # the site's own ML letting go of its priority is always allowed: with the grant gone, a held ML
+    # value must not outlive it (inference stepping back, the edge guard)
+    local_ml_release = command.release and command.source == "ml" and command.arrived == "local"
+    if authority != "remote" and not local_ml_release:
         # how the row arrived decides, not its own label: central may write any source it likes
         if command.arrived != "local":
             return (

@@ -276,7 +276,11 @@ def test_database_commands_expired_ml_and_remote_authority(building, db_dsn, bro
         grant_remote(conn, site, timedelta(seconds=1), "operator:bob")
         time.sleep(1.2)  # the grant runs out by itself
         assert run(conn, source="central")["status"] == "rejected"
-    assert slots(building, 1001, SETPOINT)[7] == 24.5  # nothing refused reached the device
+        assert slots(building, 1001, SETPOINT)[7] == 24.5  # nothing refused reached the device
+        # without the grant, the site's own ML (inference stepping back, the guard) may still let go
+        assert run(conn, source="ml", value=None, release=True)["status"] == "completed"
+        assert run(conn, source="central", value=None, release=True)["status"] == "rejected"
+    assert slots(building, 1001, SETPOINT)[7] is None
 
 
 def test_two_agents_on_one_queue_execute_each_command_once(building, db_dsn, broker, tmp_path):
