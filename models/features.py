@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 
 # the input's columns, one per point role (`bacpipes.zones.ROLES` maps a site's points to them)
@@ -56,3 +57,28 @@ def build_features(frame: pl.DataFrame, timezone: str, with_targets: bool = True
 def with_setpoint(features: pl.DataFrame, setpoint: float) -> pl.DataFrame:
     """The same instant with another cooling setpoint: how the policy asks "what if"."""
     return features.with_columns(pl.lit(float(setpoint)).alias("cooling_setpoint"))
+
+
+_COL = {name: i for i, name in enumerate(FEATURES)}
+
+
+def advance(rows: np.ndarray, predicted: np.ndarray, energy_now: np.ndarray, setpoint: np.ndarray,
+            every_s: float) -> np.ndarray:
+    """The feature rows one interval later, from the model's own prediction: how a multi-step rollout
+    (the MPC, and the multi-step error it is chosen by) walks forward without a feature frame.
+
+    `rows` (n, FEATURES) at t; `predicted` (n, TARGETS) for t+1; `energy_now` (n,) the energy reading at
+    t (the next row's lag); `setpoint` (n,) the setpoint for t+1. Time of week and day turn by `every_s`;
+    outdoor temperature and occupancy are held (persistence: the edge has no forecast of either).
+    """
+    out = rows.copy()
+    for s, c, period in (("how_sin", "how_cos", WEEK_S), ("hod_sin", "hod_cos", DAY_S)):
+        turn = 2 * math.pi * every_s / period
+        sin, cos = rows[:, _COL[s]], rows[:, _COL[c]]
+        out[:, _COL[s]] = sin * math.cos(turn) + cos * math.sin(turn)
+        out[:, _COL[c]] = cos * math.cos(turn) - sin * math.sin(turn)
+    out[:, _COL["zone_temp_lag1"]] = rows[:, _COL["zone_temp"]]
+    out[:, _COL["zone_temp"]] = predicted[:, TARGETS.index("zone_temp_next")]
+    out[:, _COL["energy_kw_lag1"]] = energy_now
+    out[:, _COL["cooling_setpoint"]] = setpoint
+    return out

@@ -1,16 +1,21 @@
 """Train the setpoint model and export it to ONNX, refusing an export that does not match scikit-learn.
 
 The model predicts next-interval energy and zone temperature from `models.features` (which include the
-cooling setpoint, the decision the edge policy varies). A scaled second-order polynomial ridge: smooth
-in the setpoint (a tree ensemble answers "what if 0.5 K warmer" with steps), deterministic, quick to
-train, and every step of it converts to ONNX, so the preprocessing travels inside the graph.
+cooling setpoint, the decision the edge policy varies). The default family is a scaled second-order
+polynomial ridge: smooth in the setpoint (a tree ensemble answers "what if 0.5 K warmer" with steps),
+deterministic, quick to train, and every step of it converts to ONNX, so the preprocessing travels inside
+the graph. Other families (`FAMILIES`) are candidates: `select` trains each on the earlier days and keeps
+the one with the least multi-step error on the later, held-back days (`multistep_mae`: rolled out
+recursively on its own predictions, as the MPC uses it). The export records that error and every
+candidate's in its metadata (`multistep_mae`, `candidates`), which the model card shows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,12 +25,27 @@ import onnxruntime as ort
 import polars as pl
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from models.features import FEATURES, TARGETS
+from models.features import FEATURES, TARGETS, advance
+
+# the candidate model families, each a scikit-learn pipeline with its preprocessing (skl2onnx exports all)
+FAMILIES: dict[str, Callable[[], Pipeline]] = {
+    "poly2-ridge": lambda: make_pipeline(StandardScaler(), PolynomialFeatures(2), Ridge(alpha=1.0)),
+    "linear-arx": lambda: make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
+    "random-forest": lambda: make_pipeline(RandomForestRegressor(  # no scaler: float32 cuts match ONNX
+        n_estimators=40, max_depth=10, min_samples_leaf=5, random_state=0, n_jobs=1)),
+    "mlp": lambda: make_pipeline(StandardScaler(), MLPRegressor(
+        hidden_layer_sizes=(32, 32), alpha=1e-3, max_iter=400, early_stopping=True, random_state=0)),
+}
+DEFAULT_FAMILY = "poly2-ridge"
+HORIZONS = (1, 4, 8)  # steps: 15 min, 1 h, 2 h at 15-minute intervals
+Horizons = dict[str, dict[str, float]]  # {"4": {"energy_kw_next": mae, "zone_temp_next": mae}}
 
 UNITS = {"energy_kw_next": "kW", "zone_temp_next": "degC"}
 PARITY_TOLERANCE = 1e-3  # of each target's spread; ONNX runs in float32, scikit-learn in float64
@@ -41,17 +61,23 @@ class Trained:
     metrics: dict[str, dict[str, float]]  # per target: MAE and R² on the holdout
     holdout: np.ndarray  # holdout features, kept for the parity check
     window: tuple[str, str]  # training data's first and last time (ISO)
+    family: str = DEFAULT_FAMILY
+    multistep: Horizons | None = None  # multi-step MAE on held-back days (see `select`)
+    candidates: tuple[dict, ...] = ()  # [{"family": ..., "multistep_mae": Horizons}], every family tried
+    interval_s: float | None = None  # the grid the multi-step error was measured on (a step's length)
 
 
-def train(features: pl.DataFrame, holdout_fraction: float = 0.2) -> Trained:
+def train(features: pl.DataFrame, holdout_fraction: float = 0.2, family: str = DEFAULT_FAMILY) -> Trained:
     """Fit on the earlier part, score on the later part (time order: no peeking into the future)."""
     if features.height < 50:
         raise ValueError(f"too little data to train on: {features.height} rows (need at least 50)")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
     frame = features.sort("time")
     split = int(frame.height * (1 - holdout_fraction))
     x = frame.select(FEATURES).to_numpy()
     y = frame.select(TARGETS).to_numpy()
-    pipeline = make_pipeline(StandardScaler(), PolynomialFeatures(2), Ridge(alpha=1.0))
+    pipeline = FAMILIES[family]()
     pipeline.fit(x[:split], y[:split])
     predicted = pipeline.predict(x[split:])
     metrics = {
@@ -62,7 +88,73 @@ def train(features: pl.DataFrame, holdout_fraction: float = 0.2) -> Trained:
         for i, target in enumerate(TARGETS)
     }
     times = frame["time"]
-    return Trained(pipeline, metrics, x[split:], (str(times[0]), str(times[split - 1])))
+    return Trained(pipeline, metrics, x[split:], (str(times[0]), str(times[split - 1])), family)
+
+
+def multistep_mae(predict: Callable[[np.ndarray], np.ndarray], zones: Sequence[pl.DataFrame],
+                  every_s: float, horizons: Sequence[int] = HORIZONS) -> Horizons:
+    """MAE of each target `h` steps ahead, rolled out on the model's own predictions.
+
+    `zones`: per zone, `build_features` output (with targets) on a regular grid `every_s` apart. From
+    every row, the model is stepped h times: the applied setpoints are the recorded ones, outdoor
+    temperature and occupancy are held at the start row's (as the MPC holds them), zone temperature and
+    energy are the model's own. A window that crosses a gap in the grid is skipped.
+    """
+    top = max(horizons)
+    errors: dict[int, list[np.ndarray]] = {h: [] for h in horizons}
+    for frame in zones:
+        if frame.height <= top + 1:
+            continue
+        x = frame.select(FEATURES).to_numpy()
+        y = frame.select(TARGETS).to_numpy()
+        seconds = frame["time"].dt.epoch("s").to_numpy().astype(float)
+        n = len(x) - top
+        ok = np.isclose(seconds[top:top + n] - seconds[:n], top * every_s)
+        starts = np.flatnonzero(ok)
+        if not len(starts):
+            continue
+        rows = x[starts]
+        energy_now = x[starts + 1, FEATURES.index("energy_kw_lag1")]  # the reading at the start instant
+        setpoint_col = FEATURES.index("cooling_setpoint")
+        for k in range(1, top + 1):
+            predicted = np.asarray(predict(rows), dtype=float)
+            if k in errors:
+                errors[k].append(np.abs(predicted - y[starts + k - 1]))
+            if k < top:
+                rows = advance(rows, predicted, energy_now, x[starts + k, setpoint_col], every_s)
+                energy_now = predicted[:, TARGETS.index("energy_kw_next")]
+    if not any(errors.values()):
+        raise ValueError("no held-back window long enough for the multi-step error")
+    return {
+        str(h): {t: float(np.concatenate(errors[h])[:, i].mean()) for i, t in enumerate(TARGETS)}
+        for h in horizons
+    }
+
+
+def _score(mae: Horizons, scale: dict[str, float]) -> float:
+    """One number to rank families: the MAEs over horizons, each target in units of its spread."""
+    return sum(v / scale[t] for by_target in mae.values() for t, v in by_target.items())
+
+
+def select(zones: Sequence[pl.DataFrame], every_s: float, families: Sequence[str] = tuple(FAMILIES),
+           holdout_fraction: float = 0.2) -> Trained:
+    """Train each family on the earlier days of every zone, score its multi-step error on the later,
+    held-back days, and return the best (lowest error, targets weighed by their spread), with every
+    candidate's error recorded for the model card."""
+    everything = pl.concat(zones).sort("time")
+    times = everything["time"].unique().sort()
+    cut = times[int(len(times) * (1 - holdout_fraction))]
+    held = [z.filter(pl.col("time") >= cut) for z in zones]
+    y = everything.select(TARGETS).to_numpy()
+    scale = {t: float(max(y[:, i].std(), 1e-9)) for i, t in enumerate(TARGETS)}
+    tried: list[tuple[float, Trained]] = []
+    for family in families:
+        trained = train(everything, holdout_fraction, family)
+        mae = multistep_mae(trained.pipeline.predict, held, every_s)
+        tried.append((_score(mae, scale), replace(trained, multistep=mae)))
+    best = min(tried, key=lambda t: t[0])[1]
+    log = tuple({"family": t.family, "multistep_mae": t.multistep} for _, t in tried)
+    return replace(best, candidates=log, interval_s=every_s)
 
 
 def export(trained: Trained, path: Path, version: str, created_by: str = "central") -> str:
@@ -77,10 +169,17 @@ def export(trained: Trained, path: Path, version: str, created_by: str = "centra
         "units": json.dumps(UNITS),
         "training_window": json.dumps(trained.window),
         "metrics": json.dumps(trained.metrics),
+        "family": trained.family,
         "version": version,
         "created_by": created_by,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if trained.multistep is not None:
+        metadata["multistep_mae"] = json.dumps(trained.multistep)
+    if trained.candidates:
+        metadata["candidates"] = json.dumps(list(trained.candidates))
+    if trained.interval_s is not None:
+        metadata["interval_s"] = str(trained.interval_s)
     onnx.helper.set_model_props(model, metadata)
     data = model.SerializeToString()
     check_parity(trained, data)

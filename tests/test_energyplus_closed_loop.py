@@ -1,0 +1,55 @@
+"""The physics-level closed loop on the EnergyPlus building (`sim.energyplus.closed_loop`), short: a model
+trained on June exploration days only, then two July weekdays under the schedule and under the MPC."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import pytest
+
+from sim.energyplus.closed_loop import OCCUPIED_BELOW, mpc, run, schedule, train_on_exploration
+
+pytest.importorskip("pyenergyplus")
+LIMITS, BAND = (22.0, 26.0), (22.0, 25.0)
+START, DAYS = date(2025, 7, 7), 2  # a Monday and Tuesday
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict:
+    trained, session = train_on_exploration(date(2025, 6, 2), 5, LIMITS, seed=0, timesteps_per_hour=12,
+                                            families=("poly2-ridge", "linear-arx"))
+    return {"trained": trained, "schedule": run(schedule(), START, DAYS, band=BAND),
+            "mpc": run(mpc(session, LIMITS, BAND, max_step=1.0), START, DAYS, band=BAND)}
+
+
+def test_the_model_is_chosen_by_multistep_error_on_held_back_days(runs: dict) -> None:
+    trained = runs["trained"]
+    assert [c["family"] for c in trained.candidates] == ["poly2-ridge", "linear-arx"]
+    assert trained.family in ("poly2-ridge", "linear-arx") and set(trained.multistep) == {"1", "4", "8"}
+    assert "2025-06" in trained.window[1]  # trained on June only, never on the evaluation days
+
+
+def test_the_schedule_is_the_prototypes_own_and_comfortable(runs: dict) -> None:
+    k = runs["schedule"].kpis
+    assert k.hvac_kwh > 0 and k.elec_kwh > k.hvac_kwh and k.peak_kw > 0
+    assert k.changes_per_zone_day == 0  # nothing commanded
+    assert abs(k.mean_occupied_temp - 24.0) < 0.2  # its occupied cooling setpoint
+    assert k.discomfort_kh_per_zone < 0.5
+
+
+def test_the_mpc_keeps_comfort_and_its_setpoints_within_the_limits_and_step(runs: dict) -> None:
+    base, ml = runs["schedule"].kpis, runs["mpc"].kpis
+    assert ml.discomfort_kh_per_zone <= base.discomfort_kh_per_zone + 0.5  # K·h per zone over two days
+    assert ml.changes_per_zone_day < 20  # no cycling every interval
+    for frame in runs["mpc"].frames.values():
+        # the setpoint in effect: the ML's while the HVAC is on (within the ML limits), else the schedule's
+        commanded = frame.filter(pl.col("cooling_setpoint") <= OCCUPIED_BELOW + 2.0)["cooling_setpoint"]
+        assert commanded.min() >= LIMITS[0] and commanded.max() <= LIMITS[1]
+        steps = frame["cooling_setpoint"].diff().abs().drop_nulls()
+        ml_steps = steps.filter((frame["cooling_setpoint"].shift(1) <= LIMITS[1]).drop_nulls()
+                                & (frame["cooling_setpoint"].drop_nulls().tail(len(steps)) <= LIMITS[1]))
+        assert ml_steps.max() <= 1.0 + 1e-6
+    # energy: reported, not asserted (over the 14 July days the MPC does not beat the schedule; see the
+    # module docstring of sim.energyplus.closed_loop and the issue note)
+    assert ml.hvac_kwh > 0
