@@ -10,6 +10,7 @@ import psycopg
 from bacpipes.settings import load_settings
 from central.baselines import latest_baseline
 from flows.ml import baseline_flow, train_flow
+from models.setpoint import FAMILIES
 from sim.backfill import backfill
 
 END = datetime(2026, 7, 29, tzinfo=UTC)
@@ -54,7 +55,12 @@ def test_train_flow_exports_registers_and_deploys_in_shadow(prefect, db_dsn: str
     with psycopg.connect(db_dsn) as conn:
         deployed = conn.execute("SELECT version, mode, sha256 FROM model_deployments").fetchall()
         registered = conn.execute("SELECT version, sha256 FROM model_registry").fetchall()
+        card = conn.execute("SELECT card FROM model_registry").fetchone()[0]
     assert deployed == [("7", "shadow", result["sha256"])] and registered == [("7", result["sha256"])]
+    # the family was chosen by multi-step error on held-back days; the card keeps every one tried
+    tried = {c["family"]: c["multistep_mae"] for c in card["candidates"]}
+    assert set(tried) == set(FAMILIES) and card["family"] == result["family"]
+    assert tried[result["family"]] == result["multistep_mae"] and card["interval_s"] == 900
 
 
 def test_baselines_are_stored_in_one_place() -> None:
