@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -228,7 +228,14 @@ class EnergyPlusBuilding:
         start: date = date(2025, 7, 1),
         days: int = 7,
         timesteps_per_hour: int = 60,
+        edit: Callable[[Idf], None] | None = None,
+        extra_variables: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
+        """`edit` changes the prepared IDF in place before the run (a variant of the building, e.g. a
+        ventilation or supply-air control: ``sim.energyplus.levers``); it must not change the layout
+        (zones, air loops, their parts), which is read from the prototype as shipped.
+        `extra_variables` are read at every full sample too: sample key -> (output variable, its key).
+        """
         if days < 1:
             raise ValueError("days must be at least 1")
         self.model_path = _file("model", model)
@@ -239,6 +246,9 @@ class EnergyPlusBuilding:
         self.step_s = 3600.0 / timesteps_per_hour
         source = Idf.read(self.model_path)
         self.idf = prepare(source, start, self.end_date, timesteps_per_hour)
+        if edit is not None:
+            edit(self.idf)
+        self.extra_variables = dict(extra_variables or {})
         self.layout: Layout = layout(source)
         self.time = datetime.combine(start, datetime.min.time())  # before the first step
         self.sample: Sample | None = None
@@ -280,6 +290,7 @@ class EnergyPlusBuilding:
             req += [(v, name) for prefix, vs in PLANT_VARIABLES.items() if kind.lower().startswith(prefix)
                     for v in vs]
         req += [(name, "Environment") for name, _ in SITE_VARIABLES.values()]
+        req += list(self.extra_variables.values())
         return req
 
     def _resolve(self, api: Any, state: Any) -> None:
@@ -335,6 +346,8 @@ class EnergyPlusBuilding:
                     reads.append((plant_key(name), handles(names, name), 1e-3))
         for quantity, (name, scale) in SITE_VARIABLES.items():
             reads.append((site_key(quantity), need((name,), "Environment"), scale))
+        for quantity, (name, key) in self.extra_variables.items():
+            reads.append((quantity, need((name,), key), 1.0))
         self._reads = [r for r in reads if r[1]]  # a quantity with no source (no such coil) is absent
         meters = [(site_key(q), ex.get_meter_handle(state, m)) for q, m in SITE_METERS.items()]
         if meters[0][1] == -1:
