@@ -16,9 +16,11 @@ One ONNX call per horizon step for all zones and all trajectories together (batc
 with ~150 trajectories each and an 8-step horizon is 8 calls of ~2,000 rows.
 
 The energy the model predicts is what the site exposes per zone (`energy_kw`: the zone's sensible cooling,
-thermal); electrical energy follows it through the coil's COP and the fan, so minimising it minimises
-electricity up to that factor. Humidity is not modelled (no humidity feature): the closed loop measures
-it instead of the policy constraining it.
+thermal); `price` per step turns it into electricity (or cost) when the caller knows how: the EnergyPlus
+closed loop passes HVAC electricity per kW of zone cooling at each step's forecast outdoor temperature.
+A zone's `forecast` (outdoor temperature, occupancy) and `occupied` steps are optional; without them
+the present values are held and every step is occupied (comfort binds throughout). Humidity is not
+modelled (no humidity feature): the closed loop measures it instead of the policy constraining it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from models.features import FEATURES, TARGETS, advance
+from models.features import FEATURES, TARGETS, advance, set_setpoint
 from models.policy import candidates
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (n, FEATURES) -> (n, TARGETS)
@@ -47,6 +49,9 @@ class MpcConfig:
     # a cooled zone settles at its cooling setpoint: judge comfort on the warmer of the prediction and the
     # setpoint, so a model that is slow to predict the warming cannot buy energy with a too-high setpoint
     settle_at_setpoint: bool = True
+    # outside occupied hours (a zone's `occupied` says which steps are) only this ceiling holds: the zone
+    # may float warm before the day starts, as long as it is back in the band when people are
+    unoccupied_high_c: float = 28.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +95,21 @@ def trajectories(present: float | None, low: float, high: float, max_step: float
 
 
 def rollout(predict: Predict, rows: np.ndarray, energy_now: np.ndarray, setpoints: np.ndarray,
-            every_s: float) -> tuple[np.ndarray, np.ndarray]:
+            every_s: float, forecast: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted (energy, zone temperature), each (n, H), of n feature rows under n setpoint sequences
-    (n, H), every step fed the previous step's prediction. One model call per step."""
-    x = rows.copy()
-    x[:, FEATURES.index("cooling_setpoint")] = setpoints[:, 0]
+    (n, H), every step fed the previous step's prediction. One model call per step.
+
+    `forecast` (n, H, 2): outdoor temperature and occupancy at the end of each step (so row k - 1 is
+    what the k-th model call sees); None holds the present ones."""
+    x = set_setpoint(rows, setpoints[:, 0])
     n, h = setpoints.shape
     energy, temp = np.empty((n, h)), np.empty((n, h))
     for k in range(h):
         y = np.asarray(predict(x), dtype=float)
         energy[:, k], temp[:, k] = y[:, ENERGY], y[:, TEMP]
         if k + 1 < h:
-            x = advance(x, y, energy_now, setpoints[:, k + 1], every_s)
+            ahead = (None, None) if forecast is None else (forecast[:, k, 0], forecast[:, k, 1])
+            x = advance(x, y, energy_now, setpoints[:, k + 1], every_s, *ahead)
             energy_now = y[:, ENERGY]
     return energy, temp
 
@@ -109,7 +117,9 @@ def rollout(predict: Predict, rows: np.ndarray, energy_now: np.ndarray, setpoint
 @dataclass(frozen=True, slots=True)
 class ZoneState:
     """What the policy knows of one zone now: its latest feature row (FEATURES order), its energy reading
-    at this instant, its present setpoint and the point's ML limits."""
+    at this instant, its present setpoint and the point's ML limits; optionally what it knows of the
+    horizon: a forecast of outdoor temperature and occupancy, and which steps are occupied (the building's
+    schedule: comfort binds only then). Without them: persistence, and every step occupied."""
 
     features: np.ndarray  # (FEATURES,)
     energy_now: float
@@ -117,6 +127,8 @@ class ZoneState:
     low: float
     high: float
     max_step: float | None = None
+    forecast: np.ndarray | None = None  # (H, 2): outdoor temperature, occupancy (0..1) at each step's end
+    occupied: tuple[bool, ...] | None = None  # (H,): is each step's end in occupied hours
 
 
 def decide(predict: Predict, zones: Sequence[ZoneState], band: tuple[float, float],
@@ -126,16 +138,25 @@ def decide(predict: Predict, zones: Sequence[ZoneState], band: tuple[float, floa
     `price` (per horizon step, e.g. from a tariff) weighs each step's energy; None: energy alone."""
     if not zones:
         return []
+    h = config.horizon_steps
     sets = [trajectories(z.present, z.low, z.high, z.max_step, config) for z in zones]
     counts = [len(s) for s in sets]
     setpoints = np.vstack(sets)
     rows = np.repeat(np.stack([z.features for z in zones]), counts, axis=0)
     energy_now = np.repeat([z.energy_now for z in zones], counts).astype(float)
-    energy, temp = rollout(predict, rows, energy_now, setpoints, config.every_s)
-    weights = np.ones(config.horizon_steps) if price is None else np.asarray(price, dtype=float)
+    forecast = None
+    if any(z.forecast is not None for z in zones):
+        held = [np.asarray(z.forecast, dtype=float) if z.forecast is not None else np.tile(
+            z.features[[FEATURES.index("outdoor_temp"), FEATURES.index("occupancy")]], (h, 1)) for z in zones]
+        forecast = np.repeat(np.stack(held), counts, axis=0)
+    energy, temp = rollout(predict, rows, energy_now, setpoints, config.every_s, forecast)
+    weights = np.ones(h) if price is None else np.asarray(price, dtype=float)
     cost_all = (np.maximum(energy, 0.0) * weights).sum(axis=1)
-    aim_low, aim_high = band[0] + config.margin_c, band[1] - config.margin_c
-    warm = np.maximum(temp, setpoints) if config.settle_at_setpoint else temp
+    occupied = np.repeat(np.array([z.occupied if z.occupied is not None else (True,) * h for z in zones],
+                                  dtype=bool), counts, axis=0)
+    aim_low = np.where(occupied, band[0] + config.margin_c, -np.inf)
+    aim_high = np.where(occupied, band[1] - config.margin_c, config.unoccupied_high_c)
+    warm = np.where(occupied & config.settle_at_setpoint, np.maximum(temp, setpoints), temp)
     miss_all = (np.clip(warm - aim_high, 0, None) + np.clip(aim_low - temp, 0, None)).sum(axis=1)
     plans, start = [], 0
     for zone, m in zip(zones, counts, strict=True):

@@ -25,6 +25,7 @@ import onnxruntime as ort
 import polars as pl
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
@@ -32,10 +33,27 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from models.features import FEATURES, TARGETS, advance
+from models.features import FEATURES, TARGETS, advance, set_setpoint
+
+# the features the setpoint acts through; "piecewise" families keep them linear (their kink at the zone
+# temperature is the thermostat's), so the response to a setpoint is monotone and cannot curl back
+_SETPOINT_SIDE = ("cooling_gap", "setpoint_headroom", "cooling_setpoint")
+_STATE_SIDE = [FEATURES.index(f) for f in FEATURES if f not in _SETPOINT_SIDE]
+
+
+def _piecewise(model: object) -> Pipeline:
+    """Quadratic in the state (time, weather, occupancy, temperatures, lags), piecewise-linear in the
+    setpoint: the state sets how much cooling the zone needs, the setpoint gaps how much it gets."""
+    columns = ColumnTransformer([
+        ("state", make_pipeline(StandardScaler(), PolynomialFeatures(2)), _STATE_SIDE),
+        ("setpoint", StandardScaler(), [FEATURES.index(f) for f in _SETPOINT_SIDE]),
+    ])
+    return make_pipeline(columns, model)
+
 
 # the candidate model families, each a scikit-learn pipeline with its preprocessing (skl2onnx exports all)
 FAMILIES: dict[str, Callable[[], Pipeline]] = {
+    "piecewise-ridge": lambda: _piecewise(Ridge(alpha=1.0)),
     "poly2-ridge": lambda: make_pipeline(StandardScaler(), PolynomialFeatures(2), Ridge(alpha=1.0)),
     "linear-arx": lambda: make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
     "random-forest": lambda: make_pipeline(RandomForestRegressor(  # no scaler: float32 cuts match ONNX
@@ -136,24 +154,61 @@ def _score(mae: Horizons, scale: dict[str, float]) -> float:
     return sum(v / scale[t] for by_target in mae.values() for t, v in by_target.items())
 
 
+SHAPE_TOLERANCE = 0.05  # of held-back instants whose setpoint response may be non-physical
+
+
+def shape_violations(predict: Callable[[np.ndarray], np.ndarray], zones: Sequence[pl.DataFrame],
+                     every_s: float, levels: Sequence[float] = (22.0, 23.0, 24.0, 25.0, 26.0),
+                     steps: int = max(HORIZONS), sample: int = 400) -> float:
+    """The fraction of held-back instants at which the model's response to a held setpoint is not the
+    thermostat's: over `steps`, a warmer setpoint must not predict more cooling energy, nor a colder zone.
+
+    The multi-step error scores a model on the setpoints that were applied; the MPC asks it about the
+    ones that were not. A family can win the first and fail the second (a quadratic in the setpoint
+    curls back at the edges of its data), and then the MPC ranks trajectories on an artefact."""
+    rows = np.vstack([z.select(FEATURES).to_numpy() for z in zones if z.height])
+    if not len(rows):
+        return 0.0
+    rows = rows[np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)]
+    n, m = len(rows), len(levels)
+    x = set_setpoint(np.repeat(rows, m, axis=0), np.tile(np.asarray(levels, dtype=float), n))
+    energy_now = x[:, FEATURES.index("energy_kw_lag1")]  # the lag stands in for the present reading
+    energy, temp = np.zeros(len(x)), np.zeros(len(x))
+    for k in range(steps):
+        y = np.asarray(predict(x), dtype=float)
+        energy += y[:, TARGETS.index("energy_kw_next")]
+        temp = y[:, TARGETS.index("zone_temp_next")]
+        if k + 1 < steps:
+            x = advance(x, y, energy_now, x[:, FEATURES.index("cooling_setpoint")], every_s)
+            energy_now = y[:, TARGETS.index("energy_kw_next")]
+    de, dt = np.diff(energy.reshape(n, m), axis=1), np.diff(temp.reshape(n, m), axis=1)
+    slack_e, slack_t = 0.02 * steps * max(float(np.abs(energy).mean()) / steps, 1e-6), 0.02
+    bad = (de > slack_e).any(axis=1) | (dt < -slack_t).any(axis=1)
+    return float(bad.mean())
+
+
 def select(zones: Sequence[pl.DataFrame], every_s: float, families: Sequence[str] = tuple(FAMILIES),
            holdout_fraction: float = 0.2) -> Trained:
     """Train each family on the earlier days of every zone, score its multi-step error on the later,
-    held-back days, and return the best (lowest error, targets weighed by their spread), with every
-    candidate's error recorded for the model card."""
+    held-back days, and return the best (lowest error, targets weighed by their spread) of those whose
+    setpoint response is physical on the held-back days (`shape_violations` within SHAPE_TOLERANCE; all
+    of them if none is), with every candidate's error recorded for the model card."""
     everything = pl.concat(zones).sort("time")
     times = everything["time"].unique().sort()
     cut = times[int(len(times) * (1 - holdout_fraction))]
     held = [z.filter(pl.col("time") >= cut) for z in zones]
     y = everything.select(TARGETS).to_numpy()
     scale = {t: float(max(y[:, i].std(), 1e-9)) for i, t in enumerate(TARGETS)}
-    tried: list[tuple[float, Trained]] = []
+    tried: list[tuple[float, float, Trained]] = []
     for family in families:
         trained = train(everything, holdout_fraction, family)
         mae = multistep_mae(trained.pipeline.predict, held, every_s)
-        tried.append((_score(mae, scale), replace(trained, multistep=mae)))
-    best = min(tried, key=lambda t: t[0])[1]
-    log = tuple({"family": t.family, "multistep_mae": t.multistep} for _, t in tried)
+        shape = shape_violations(trained.pipeline.predict, held, every_s)
+        tried.append((_score(mae, scale), shape, replace(trained, multistep=mae)))
+    admissible = [t for t in tried if t[1] <= SHAPE_TOLERANCE] or tried
+    best = min(admissible, key=lambda t: t[0])[2]
+    log = tuple({"family": t.family, "multistep_mae": t.multistep, "shape_violations": shape}
+                for _, shape, t in tried)
     return replace(best, candidates=log, interval_s=every_s)
 
 

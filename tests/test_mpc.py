@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import polars as pl
 from models.artifact import metadata
 from models.features import FEATURES, TARGETS, advance, build_features
 from models.mpc import MpcConfig, ZoneState, decide, rollout, session_predictor, trajectories
-from models.setpoint import export, multistep_mae, select
+from models.setpoint import export, multistep_mae, select, shape_violations
 from tests.test_training import zone_history
 
 SP = FEATURES.index("cooling_setpoint")
@@ -119,3 +120,42 @@ def test_a_gap_in_the_grid_is_not_rolled_across() -> None:
     frame = build_features(zone_history(200), "UTC")
     gapped = pl.concat([frame.head(60), frame.tail(60)])
     assert multistep_mae(toy, [gapped], 900, horizons=(1, 8))["8"]  # only the windows without the gap
+
+
+def test_comfort_binds_only_in_occupied_steps_so_the_zone_may_float_before_the_day() -> None:
+    """Before people come (the first steps unoccupied), the plan may start warm; it is back in the band
+    (here: at most 24.7 °C by the toy's physics and the setpoint) by the first occupied step."""
+    band, h = (22.0, 25.0), MpcConfig().horizon_steps
+    early = replace(state(26.0, present=26.0), occupied=(False,) * 4 + (True,) * (h - 4))
+    plan = decide(toy, [early], band)[0]
+    assert plan.in_band and plan.setpoint > 25.0  # floats while nobody is there
+    assert max(plan.trajectory[4:]) <= 24.7 + 1e-9
+    always = decide(toy, [state(26.0, present=26.0)], band)[0]
+    assert always.setpoint == 25.0  # every step occupied: cools straight away (one 1 K step)
+
+
+def test_a_forecast_reaches_the_model_each_step() -> None:
+    """A model that answers with the outdoor temperature it is given: the rollout sees the forecast."""
+    oat = FEATURES.index("outdoor_temp")
+
+    def echo(x: np.ndarray) -> np.ndarray:
+        return np.column_stack([x[:, oat], x[:, TEMP]])
+
+    rows = np.array([state().features])
+    forecast = np.column_stack([np.arange(30.0, 38.0), np.ones(8)])[None]
+    energy, _ = rollout(echo, rows, np.array([0.0]), np.full((1, 8), 24.0), 900, forecast)
+    assert np.allclose(energy[0], [0.0, *np.arange(30.0, 37.0)])
+
+
+def test_a_family_whose_setpoint_response_is_not_physical_is_not_chosen() -> None:
+    """The toy's response is the thermostat's; its mirror image (warmer setpoint, colder zone) is not,
+    and `shape_violations` says so on every instant."""
+    zones = [build_features(zone_history(300), "UTC")]
+
+    def mirror(x: np.ndarray) -> np.ndarray:
+        y = toy(x)
+        y[:, TARGETS.index("zone_temp_next")] = 48.0 - y[:, TARGETS.index("zone_temp_next")]
+        return y
+
+    assert shape_violations(toy, zones, 900) == 0.0
+    assert shape_violations(mirror, zones, 900) == 1.0

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from models.artifact import metadata
-from models.features import FEATURES, TARGETS, build_features, with_setpoint
+from models.features import FEATURES, TARGETS, build_features, set_setpoint, with_setpoint
 from models.setpoint import ParityError, check_parity, export, train
 
 START = datetime(2026, 6, 1, tzinfo=UTC)  # a Monday
@@ -49,6 +49,14 @@ def test_features_are_the_known_instants_with_lags_and_targets() -> None:
     assert monday_midnight["how_cos"][0] == pytest.approx(np.cos(2 * np.pi / 7))  # Tuesday 00:00
     assert build_features(raw, "UTC", with_targets=False).height == 199
     assert (with_setpoint(features, 21.0)["cooling_setpoint"] == 21.0).all()
+    # the thermostat's gaps follow the setpoint, however it is changed
+    hot = with_setpoint(features, 20.0)
+    assert (hot["cooling_gap"] == (hot["zone_temp"] - 20.0).clip(lower_bound=0)).all()
+    assert (hot["setpoint_headroom"] == 0).all()
+    rows = set_setpoint(features.select(FEATURES).to_numpy(), 30.0)
+    assert (rows[:, FEATURES.index("cooling_gap")] == 0).all()
+    assert np.allclose(rows[:, FEATURES.index("setpoint_headroom")], 30.0 - features["zone_temp"].to_numpy())
+    assert FEATURES[-1] == "cooling_setpoint"
 
 
 def test_a_missing_role_is_named() -> None:
