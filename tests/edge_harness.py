@@ -1,15 +1,19 @@
-"""Run the edge agent in a background thread with its own event loop, as a test would a service."""
+"""Run the edge agent in a background thread with its own event loop, as a test would a service; and run
+the outage tests' long waits side by side."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from bacpipes.commands import TERMINAL, command_status
 from bacpipes.settings import Settings
@@ -96,3 +100,47 @@ def wait_outcome(dsn: str, command_id: uuid.UUID, timeout: float = 10.0) -> dict
             return poll_until(finished, timeout, interval=0.05, what=f"the outcome of command {command_id}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; its status: {command_status(conn, command_id)}") from None
+
+
+# --- long waits side by side ----------------------------------------------------------------------------
+
+Scenario = Callable[[Path], Any]
+_SCENARIOS: dict[str, Scenario] = {}
+_OUTCOMES: dict[str, tuple[BaseException | None, Any]] = {}
+
+
+def side_by_side(test: Callable[..., None]) -> Callable[[Scenario], Scenario]:
+    """Registers the scenario of `test` (one of the 30 s outage tests) to run beside the others'.
+
+    Each outage test mostly waits: 30 s of a stopped broker or database is a requirement, and three of
+    them one after the other cost the suite ~110 s. Each starts its own services (its broker, its database
+    or cluster; only one uses BACnet), so they share nothing but the CPU. The first of these tests to run
+    starts every registered scenario whose test is selected in this session, each in a thread, and waits
+    for all of them (none goes on beside a later test); each test then asserts on its own scenario's
+    outcome, or fails with its exception. A test selected alone runs its own scenario alone."""
+
+    def register(scenario: Scenario) -> Scenario:
+        _SCENARIOS[f"{test.__module__}::{test.__name__}"] = scenario
+        return scenario
+
+    return register
+
+
+def outcome(request: pytest.FixtureRequest) -> Any:
+    """What the scenario of the requesting test returned (its exception is raised here)."""
+    key = f"{request.node.module.__name__}::{request.node.name}"
+    if key not in _OUTCOMES:
+        selected = {f"{item.module.__name__}::{item.name}" for item in request.session.items
+                    if isinstance(item, pytest.Function)}
+        due = [k for k in _SCENARIOS if (k in selected or k == key) and k not in _OUTCOMES]
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        with ThreadPoolExecutor(len(due), thread_name_prefix="scenario") as pool:
+            futures = {k: pool.submit(_SCENARIOS[k], factory.mktemp(k.rpartition("::")[2][:30]))
+                       for k in due}
+        for k, future in futures.items():
+            exc = future.exception()
+            _OUTCOMES[k] = (exc, None if exc else future.result())
+    exc, value = _OUTCOMES.pop(key)
+    if exc is not None:
+        raise exc
+    return value

@@ -23,6 +23,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,23 +187,34 @@ def cache_home() -> Path:
 
 
 def venv_for(extra: str) -> Path:
-    """A venv with ``-e .[extra]`` installed, cached per pyproject.toml (built once, under a lock)."""
+    """A venv with ``-e .[extra]`` installed, cached per pyproject.toml (built once, under its own lock: the
+    extras' venvs can be built side by side)."""
     home = cache_home() / (extra or "core")
     python = home / "bin" / "python"
-    CACHE.mkdir(exist_ok=True)
-    with open(CACHE / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(".lock"):  # the uv tool and the cache's tidying, one process at a time
+        binary = uv()
+        home.parent.mkdir(exist_ok=True)
+        for old in CACHE.iterdir():  # venvs of an older pyproject.toml
+            if old.is_dir() and old.name not in (home.parent.name, "tool"):
+                shutil.rmtree(old)
+    with locked(f".lock-{home.parent.name}-{home.name}"):
         if not (home / ".installed").exists():
-            for old in CACHE.iterdir():  # venvs of an older pyproject.toml
-                if old.is_dir() and old.name not in (home.parent.name, "tool"):
-                    shutil.rmtree(old)
             shutil.rmtree(home, ignore_errors=True)
             base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-            run([str(uv()), "venv", "--quiet", "--python", str(base), str(home)])
-            run([str(uv()), "pip", "install", "--quiet", "--python", str(python),
+            run([str(binary), "venv", "--quiet", "--python", str(base), str(home)])
+            run([str(binary), "pip", "install", "--quiet", "--python", str(python),
                  "-e", f"{REPO}[{extra}]" if extra else str(REPO)])
             (home / ".installed").touch()
     return python
+
+
+@contextmanager
+def locked(name: str) -> Iterator[None]:
+    """An exclusive lock on CACHE/name, between threads and processes alike (a file of its own each time)."""
+    CACHE.mkdir(exist_ok=True)
+    with open(CACHE / name, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -220,25 +235,60 @@ def child_env() -> dict[str, str]:
 # --- the tests -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", list(EXTRAS), ids=[e or "core" for e in EXTRAS])
-def test_an_extra_installs_what_its_rooms_import_and_leaves_out_the_rest(extra: str, tmp_path: Path) -> None:
-    python = venv_for(extra)
-    spec = {"cli": CLI_HELP, "heavy": HEAVY, "modules": to_import(EXTRAS[extra]),
-            "absent": EXTRAS[extra].absent}
-    output = run([str(python), "-c", CHECK, json.dumps(spec)], cwd=tmp_path).stdout
-    report = json.loads(output.splitlines()[-1])
+@dataclass
+class Built:
+    python: Path  # the extra's venv
+    report: dict  # what CHECK found in it, and the console script's --help
 
+
+CHECKS = threading.Semaphore(2)  # a check imports a lot: one at a time per core
+
+
+def build_and_check(extra: str, cwd: Path) -> Built:
+    python = venv_for(extra)
+    with CHECKS:
+        spec = {"cli": CLI_HELP, "heavy": HEAVY, "modules": to_import(EXTRAS[extra]),
+                "absent": EXTRAS[extra].absent}
+        output = run([str(python), "-c", CHECK, json.dumps(spec)], cwd=cwd).stdout
+        report = json.loads(output.splitlines()[-1])
+        report["console"] = run([str(python.parent / "bacpipes"), "--help"], cwd=cwd).stdout  # the real one
+    return Built(python, report)
+
+
+@pytest.fixture(scope="module")
+def extras(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> dict[str, Future[Built]]:
+    """Every extra this session's tests need, each venv built and checked in a thread of its own: a build
+    mostly waits on the network and the disk, so one after the other they cost the suite a minute and
+    more. The tests take the results in their own order."""
+    needed = set()
+    for item in request.session.items:
+        if item.module is request.module and isinstance(item, pytest.Function):
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            needed |= {params["extra"]} if "extra" in params else set(USES.get(item.originalname, ()))
+    pool = ThreadPoolExecutor(max(1, len(needed)), thread_name_prefix="extra")
+    futures = {e: pool.submit(build_and_check, e, tmp_path_factory.mktemp("extra")) for e in needed}
+    pool.shutdown(wait=False)  # the threads finish their work; the tests wait for what they need
+    return futures
+
+
+@pytest.mark.parametrize("extra", list(EXTRAS), ids=[e or "core" for e in EXTRAS])
+def test_an_extra_installs_what_its_rooms_import_and_leaves_out_the_rest(
+    extra: str, extras: dict[str, Future[Built]]
+) -> None:
+    report = extras[extra].result().report
     assert report["failed"] == {}, f"bacpipes[{extra}] cannot import: {report['failed']}"
     assert report["present"] == [], f"bacpipes[{extra}] installs {report['present']}"
     assert all(report["helps"][" ".join(a) or "-"] == [0, True] for a in CLI_HELP), report["helps"]
     assert report["loaded_by_help"] == [], "the CLI's --help imported " + ", ".join(report["loaded_by_help"])
-    console = run([str(python.parent / "bacpipes"), "--help"], cwd=tmp_path).stdout  # the real entry point
-    assert "usage: bacpipes" in console
+    assert "usage: bacpipes" in report["console"]
 
 
-def test_a_data_scientist_reads_readings_as_pandas_without_the_server_stack(tmp_path: Path) -> None:
+def test_a_data_scientist_reads_readings_as_pandas_without_the_server_stack(
+    extras: dict[str, Future[Built]], tmp_path: Path
+) -> None:
     """load_readings(as_pandas=True) needs pyarrow under polars: the [models] venv reads a real row."""
-    python = venv_for("models")
+    python = extras["models"].result().python
     with fresh_database() as dsn:
         with psycopg.connect(dsn) as conn:
             conn.execute("INSERT INTO device (site_id, device_id, address) VALUES ('lab', 1, 'x')")
@@ -250,9 +300,11 @@ def test_a_data_scientist_reads_readings_as_pandas_without_the_server_stack(tmp_
     assert out == ["pandas", "[23.5]", "2026-11-20T10:00:00+08:00"]
 
 
-def test_a_command_whose_extra_is_missing_says_which_to_install(tmp_path: Path) -> None:
+def test_a_command_whose_extra_is_missing_says_which_to_install(
+    extras: dict[str, Future[Built]], tmp_path: Path
+) -> None:
     """An edge box asked to run a flow: one line naming the extra, not a ModuleNotFoundError traceback."""
-    python = venv_for("edge")
+    python = extras["edge"].result().python
     config = tmp_path / "site.toml"
     config.write_text('[database]\ndsn = "postgresql://postgres@127.0.0.1:5432/postgres"\n')
     command = [str(python.parent / "bacpipes"), "flows", "run", "baseline", "--config", str(config)]
@@ -260,3 +312,9 @@ def test_a_command_whose_extra_is_missing_says_which_to_install(tmp_path: Path) 
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == ("bacpipes: error: this command needs prefect, which this install lacks: "
                                   "pip install 'bacpipes[central]'"), out.stderr
+
+
+USES = {  # the venvs the tests above use besides their own extra's
+    test_a_data_scientist_reads_readings_as_pandas_without_the_server_stack.__name__: ("models",),
+    test_a_command_whose_extra_is_missing_says_which_to_install.__name__: ("edge",),
+}

@@ -150,7 +150,9 @@ def test_an_object_list_of_1200_without_segmentation(db_dsn, broker, tmp_path, p
     peer = BacpyPeer("127.0.0.25", 7025, object_count=1200, segmentation="none", max_apdu=206,
                      analog_values=0).start()
     peers.append(peer)
-    settings = settings_for(db_dsn, broker.url, tmp_path, ["127.0.0.25"], 30, invoke_id_reuse_s=0.2)
+    # every 5 s: the first poll comes at the next multiple of the interval (slots are aligned to the clock),
+    # so a 30 s interval idled 15 s on average before it
+    settings = settings_for(db_dsn, broker.url, tmp_path, ["127.0.0.25"], 5, invoke_id_reuse_s=0.2)
     discover_site(settings)
     with psycopg.connect(db_dsn) as conn:
         n, top = conn.execute(

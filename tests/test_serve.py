@@ -49,7 +49,9 @@ def test_flows_serve_runs_a_deployment_against_a_real_prefect_server(prefect, db
     config.write_text(f'[site]\nid = "serve-site"\n[database]\ndsn = "{db_dsn}"\n'
                       f'[alerts]\nstate_path = "{tmp_path / "alerts-state.json"}"\n'
                       f'[backups]\ndir = "{tmp_path / "backups"}"\n')
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    # the runner asks for due runs every second, not every 10 s (Prefect's default): what is tested is that
+    # the served deployment runs, not how long its polling sleeps
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     served = tmp_path / "serve.log"
     log = served.open("w")
     command = [sys.executable, "-m", "bacpipes.cli", "flows", "serve", "--config", str(config)]
@@ -59,7 +61,7 @@ def test_flows_serve_runs_a_deployment_against_a_real_prefect_server(prefect, db
         deadline = time.monotonic() + 60
         while run is None:  # the deployments exist once the serving process has registered them
             try:
-                run = run_deployment("alerts/bacpipes-alerts", timeout=120)
+                run = run_deployment("alerts/bacpipes-alerts", timeout=120, poll_interval=1)
             except Exception:
                 assert server.poll() is None and time.monotonic() < deadline, served.read_text()
                 time.sleep(1)
