@@ -59,7 +59,8 @@ EXTRAS = {
               leave_out=("bacpipes.cli", "sim.energyplus")),
     "edge": Extra(("edge",), ("sklearn", "skl2onnx", "prefect", "streamlit")),
     "models": Extra(("models", "bacpipes.readings"), ("prefect", "streamlit")),
-    "central": Extra(("central", "flows"), ("streamlit",)),
+    # the closed-loop flow's EnergyPlus building (building="energyplus") is [energyplus]'s
+    "central": Extra(("central", "flows"), ("streamlit",), leave_out=("sim.energyplus",)),
     "app": Extra(("streamlit_app",), ("prefect",)),
     # [all] is not built here: the suite itself runs in `.[all,dev]` and imports every room
     # what the demo adds to [all]: the pip-installed servers
