@@ -26,6 +26,7 @@ SUFFIXES = {
 }
 OUTDOOR_SUFFIX = "OA-T"
 SITE_POWER_SUFFIX = "MTR-KW"  # the site's electrical demand meter
+HVAC_POWER_SUFFIX = "HVAC-KW"  # the site's HVAC electrical demand, where metered (EnergyPlus: SITE-HVAC-KW)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,21 @@ def zone_frame(
         return pl.DataFrame(schema={"time": pl.Datetime("us", settings.site.timezone),
                                     **{r: pl.Float64 for r in ROLES}})
     return wide.with_columns(pl.col("occupancy") / 100.0).select(["time", *ROLES])
+
+
+def hvac_frame(conn: psycopg.Connection, settings: Settings, start: datetime, end: datetime,
+               every: timedelta) -> pl.DataFrame | None:
+    """The site's HVAC electrical demand (time, hvac_kw) per `every`, or None without such a meter: the
+    MPC's outlook turns the zones' thermal energy into electricity with it (`models.outlook`)."""
+    row = conn.execute(
+        "SELECT point_id FROM point WHERE site_id = %s AND object_name LIKE %s AND missing_since IS NULL"
+        " ORDER BY point_id LIMIT 1",
+        (settings.site.id, f"%-{HVAC_POWER_SUFFIX}"),
+    ).fetchone()
+    if row is None:
+        return None
+    long = load_readings([row[0]], start, end, every=every, settings=settings, conn=conn)
+    return long.select("time", pl.col("value").alias("hvac_kw")).sort("time")
 
 
 def site_hourly(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:

@@ -1,14 +1,24 @@
 """The physics-level closed loop on the EnergyPlus building (`sim.energyplus.closed_loop`), short: a model
-trained on June exploration days only, then two July weekdays under the schedule and under the MPC."""
+trained on June exploration days only, then two July weekdays under the schedule and under the MPC with
+the outlook the edge learns (`models.outlook`)."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 import pytest
 
-from sim.energyplus.closed_loop import OCCUPIED_BELOW, mpc, run, schedule, train_on_exploration
+from models.outlook import Outlook
+from sim.energyplus.closed_loop import (
+    EVERY_S,
+    OCCUPIED_BELOW,
+    explore_and_train,
+    mpc,
+    occupied_at,
+    run,
+    schedule,
+)
 
 pytest.importorskip("pyenergyplus")
 LIMITS, BAND = (22.0, 26.0), (22.0, 25.0)
@@ -17,10 +27,27 @@ START, DAYS = date(2025, 7, 7), 2  # a Monday and Tuesday
 
 @pytest.fixture(scope="module")
 def runs() -> dict:
-    trained, session = train_on_exploration(date(2025, 6, 2), 5, LIMITS, seed=0, timesteps_per_hour=12,
-                                            families=("poly2-ridge", "linear-arx"))
-    return {"trained": trained, "schedule": run(schedule(), START, DAYS, band=BAND),
-            "mpc": run(mpc(session, LIMITS, BAND, max_step=1.0), START, DAYS, band=BAND)}
+    trained, session, outlook = explore_and_train(date(2025, 6, 2), 5, LIMITS, seed=0, timesteps_per_hour=12,
+                                                  families=("poly2-ridge", "linear-arx"))
+    return {"trained": trained, "outlook": outlook, "schedule": run(schedule(), START, DAYS, band=BAND),
+            "mpc": run(mpc(session, LIMITS, BAND, max_step=1.0, outlook=outlook), START, DAYS, band=BAND)}
+
+
+def test_the_outlooks_occupied_steps_are_the_buildings_schedule(runs: dict) -> None:
+    """Learnt from the zones' occupancy readings alone (June weekdays), judged against the thermostat
+    schedule's occupied hours on the July weekdays: the same, but for 05-06 h, when the prototype's first
+    10 % of people arrive an hour before its schedule calls the building occupied."""
+    outlook: Outlook = runs["outlook"]
+    labels = next(iter(runs["schedule"].frames.values()))["time"].dt.replace_time_zone(None).to_list()
+    start, steps = labels[0] - timedelta(seconds=EVERY_S), len(labels)
+    times = [start + timedelta(seconds=EVERY_S * (k + 1)) for k in range(steps)]
+    assert times == labels and times[0].date() == START
+    assert len(outlook.occupancy) == 16  # 15 zones and the building
+    for zone in outlook.occupancy:
+        occupied = outlook.occupied(zone, start, steps)
+        wrong = {t.hour for t, o in zip(times, occupied, strict=True) if o != occupied_at(t)}
+        assert wrong == {5}, zone
+    assert outlook.elec_per_kw is not None and outlook.weights([25.0])[0] < outlook.weights([35.0])[0]
 
 
 def test_the_model_is_chosen_by_multistep_error_on_held_back_days(runs: dict) -> None:

@@ -43,8 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import time as wallclock
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -211,23 +210,17 @@ def extra_variables(loops: list[str], outlets: dict[str, str]) -> dict[str, tupl
     return out
 
 
-@contextmanager
 def _variant_building(edit: Callable[[Idf], None], extra: dict[str, tuple[str, str]],
-                      built: list[EnergyPlusBuilding]) -> Iterator[None]:
-    """`closed_loop.run` builds its own EnergyPlusBuilding; for one run, its name there builds ours (the
-    variant's IDF edit and the air-side readings). The seam until `run` takes a building factory."""
+                      built: list[EnergyPlusBuilding]) -> Callable[..., EnergyPlusBuilding]:
+    """The factory `closed_loop.run` builds its building with: the variant's IDF edit and the air-side
+    readings; each building made is kept in `built` (its IDF is what the run used)."""
 
-    def factory(*args: object, **kwargs: object) -> EnergyPlusBuilding:
-        b = EnergyPlusBuilding(*args, edit=edit, extra_variables=extra, **kwargs)  # type: ignore[arg-type]
+    def factory(**kwargs: object) -> EnergyPlusBuilding:
+        b = EnergyPlusBuilding(**kwargs, edit=edit, extra_variables=extra)  # type: ignore[arg-type]
         built.append(b)
         return b
 
-    saved = closed_loop.EnergyPlusBuilding
-    closed_loop.EnergyPlusBuilding = factory  # type: ignore[assignment,misc]
-    try:
-        yield
-    finally:
-        closed_loop.EnergyPlusBuilding = saved  # type: ignore[misc]
+    return factory
 
 
 def _observing(control: Controller, loops: list[str], rows: list[dict]) -> Controller:
@@ -277,9 +270,9 @@ def run_variant(variant: Variant, start: date = START, days: int = DAYS, timeste
     outlets = {a.name: a.supply_outlet_node for a in probe.layout.air_loops}
     rows: list[dict] = []
     built: list[EnergyPlusBuilding] = []
-    with _variant_building(variant.edit, extra_variables(loops, outlets), built):
-        loop = closed_loop.run(_observing(variant.controller(), loops, rows), start, days,
-                               timesteps_per_hour, band)
+    factory = _variant_building(variant.edit, extra_variables(loops, outlets), built)
+    loop = closed_loop.run(_observing(variant.controller(), loops, rows), start, days, timesteps_per_hour,
+                           band, building=factory)
     return LeverRun(variant, loop.kpis, pl.DataFrame(rows), edits_of(built[0].idf), loop)
 
 
