@@ -45,7 +45,7 @@ class MpcConfig:
     step_c: float = 0.5  # the grid of setpoint levels
     switch_steps: tuple[int, ...] = (2, 4)  # when a two-level trajectory changes level
     margin_c: float = 0.3  # aim inside the band: predictions are estimates, comfort is judged on the room
-    change_cost: float = 3.0  # kW·interval per kelvin of first move (anti-chatter)
+    change_cost: float = 3.0  # kW·interval per kelvin moved, now or later in the plan (anti-chatter)
     # a cooled zone settles at its cooling setpoint: judge comfort on the warmer of the prediction and the
     # setpoint, so a model that is slow to predict the warming cannot buy energy with a too-high setpoint
     settle_at_setpoint: bool = True
@@ -163,7 +163,10 @@ def decide(predict: Predict, zones: Sequence[ZoneState], band: tuple[float, floa
         part = slice(start, start + m)
         start += m
         first = setpoints[part, 0]
+        # every kelvin the trajectory moves is paid for, the later moves too: charging the first move alone
+        # made a plan that moves "next step" free, so the policy put every move off for ever
         moved = np.abs(first - (zone.present if zone.present is not None else first))
+        moved = moved + np.abs(np.diff(setpoints[part], axis=1)).sum(axis=1)
         cost = cost_all[part] + config.change_cost * moved
         miss = miss_all[part]
         feasible = miss <= 1e-9

@@ -24,12 +24,13 @@ so >= 13 % is out of reach through zone cooling setpoints alone. The family chos
 (piecewise-ridge; poly-2, random forest and MLP fail the setpoint-response check on 52-89 % of held-back
 instants) drives the MPC with the outlook the edge learns (`models.outlook`: occupancy by time of week,
 outdoor temperature ahead, HVAC electricity per kW of cooling). Occupied steps from forecast occupancy
-(> 7.5 %, zone or building), as the edge must: 0.5 % saved (12,083 kWh), comfort the schedule's (0.30
-K·h/zone), peak 168.5 vs 170.1 kW, 75 vs 79 humid zone-hours; switchback A/B +2.4 % [-1.1 %, +5.9 %].
-Those steps include 05-06 h on working days (10 % of people in, the thermostat schedule not yet occupied);
-told the thermostat schedule instead (`mpc(known_schedule=True)`, which the edge cannot be) the same MPC
-saves 4.1 % (11,639 kWh, peak 158 kW, 70 humid zone-hours) at 0.41 K·h/zone: the hour's pull-down is
-most of the saving, and it is bought with morning discomfort. Whole-day switchback periods carry over
+(> 7.5 %, zone or building), as the edge must: 2.0 % saved (11,894 kWh), discomfort 0.36 vs 0.30
+K·h/zone, peak 160.8 vs 170.1 kW, 70 vs 79 humid zone-hours; switchback A/B +8.5 % [+5.9 %, +11.3 %]
+(biased: see below). Those steps include 05-06 h on working days (10 % of people in, the thermostat
+schedule not yet occupied); told the thermostat schedule instead (`mpc(known_schedule=True)`, which the
+edge cannot be) the MPC saved 4.1 % at 0.41 K·h/zone (measured before the MPC paid for its later moves
+too): the hour's pull-down is most of the saving, bought with morning discomfort. (Charging only a plan's
+first move made it put moves off for ever: 0.5 % then.) Whole-day switchback periods carry over
 (a warm building's night and morning cost falls on the next day, whatever its arm): the full runs are
 the truth here.
 """
