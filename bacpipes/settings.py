@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -136,11 +136,82 @@ class MlSettings(BaseModel):
     interval_s: float = Field(900.0, gt=0)
     comfort_low_c: float = 22.0
     comfort_high_c: float = 25.0
-    candidate_step_c: float = Field(0.5, gt=0)
+    # the receding-horizon policy (models.mpc): its grid of setpoint levels, horizon in intervals, aim this
+    # far inside the comfort band, and the cost (kW per interval) of each kelvin a setpoint moves, against
+    # chatter. Grid and margin as evaluated on the EnergyPlus building (sim.energyplus.closed_loop.EVALUATED);
+    # a 15-zone round with them and the outlook: median 0.16 s, p95 0.34 s on a loaded 2-core machine
+    # (benchmarks/bench_ml.py, one ONNX thread)
+    candidate_step_c: float = Field(0.25, gt=0)
+    mpc_horizon_steps: int = Field(8, ge=1, le=32)
+    mpc_margin_c: float = Field(0.25, ge=0)
+    mpc_change_cost: float = Field(3.0, ge=0)
+    # its outlook (models.outlook: occupancy by time of week, outdoor temperature ahead, HVAC electricity
+    # per kW of zone cooling), learnt once a day from this much of the site's history; with less than
+    # outlook_min_days the policy runs without one (the present held, every step occupied)
+    outlook_history_days: float = Field(14.0, gt=0)
+    outlook_min_days: float = Field(1.0, gt=0)
     stale_after_s: float = Field(1800.0, gt=0)  # inputs older than this: no decision, no write
     release_after_s: float = Field(3600.0, gt=0)  # no good decision for this long: give the ML priority back
     # where the training flow writes exported ONNX files (git-ignored: var/ is; never the source tree)
     models_dir: str = "var/models"
+
+
+class GuardSettings(BaseModel):
+    """The edge guard (edge/guard.py): while a model is active it watches the zones the model commands, and
+    on a breach gives the ML priority back, stands the deployment down and tells central (which rolls back).
+
+    A trip is safe by construction (the building returns to its own schedule; a new deployment re-arms the
+    guard), so the defaults lean towards tripping: a model that needs more room than this should not be
+    active. Comfort and humidity are judged in occupied hours only (the zone's occupancy reading > 0; a zone
+    without one, always), on readings taken since the model first wrote to the zone.
+    """
+
+    enabled: bool = True  # runs beside inference (ml.enabled)
+    interval_s: float = Field(30.0, gt=0)
+    occupied_only: bool = True
+    # comfort band: outside ml.comfort_low_c..comfort_high_c by more than the tolerance, for longer than grace
+    comfort_tolerance_k: float = Field(0.5, ge=0)
+    comfort_grace_s: float = Field(300.0, ge=0)
+    # comfort ramp (ASHRAE 55-2020, 5.3.5 drifts and ramps): more than 1.1 K within 15 minutes
+    ramp_k: float = Field(1.1, gt=0)
+    ramp_window_s: float = Field(900.0, gt=0)
+    # humidity, where the zone has an RH point (<prefix>-ZN-RH)
+    humidity_max_pct: float = Field(60.0, gt=0, le=100)
+    humidity_grace_s: float = Field(900.0, ge=0)
+    # equipment: counted over the window (an hour by default)
+    window_s: float = Field(3600.0, gt=0)
+    chatter_max_reversals: int = Field(4, ge=1)  # ML setpoint commands changing direction, per zone
+    cycling_max_starts: int = Field(6, ge=1)  # cooling off -> on, per air handler (compressors: 6/h at most)
+    cycling_on_fraction: float = Field(0.1, gt=0, lt=1)  # "on": above this share of the window's peak
+
+
+class AbSettings(BaseModel):
+    """The switchback A/B test (models.ab; the ab-plan and ab flows, the app's A/B page).
+
+    A building's mass carries the previous arm into the next period, so `washout_h` hours after each
+    period's start can be scored to neither arm (the edge follows the schedule throughout), and
+    `switch_hour` (local, site.timezone) starts the periods at a quiet hour (e.g. 22 for an office);
+    unset, periods start at the plan's start (midnight UTC for the ab-plan flow), as before.
+    Both default to off, measured (sim/energyplus/ab_check.py, EnergyPlus office, 14 July days): there
+    the carry-over is heat stored in the mass and released over the whole next occupied day, so no
+    washout of hours removed any of it (+11.7 % read against a true 4.1 %, with or without 3 or 6 h, at
+    midnight or 22:00), and a 6 h washout after a midnight switch dropped the MPC's own pre-cooling
+    (04-06 h), flattering it. Use a washout with a quiet switch hour where carry-over is a transient.
+    """
+
+    washout_h: float = Field(0.0, ge=0, le=168)  # keep it shorter than the periods (else nothing is scored)
+    switch_hour: int | None = Field(None, ge=0, le=23)
+
+
+class ClockSettings(BaseModel):
+    """For simulation and evaluation only (`bacpipes.clock`): the agent reads a scaled clock, shared with a
+    simulated building, that reads `origin` at `wall_start` (epoch seconds; default: when the agent starts)
+    and runs at `speed` x wall time. The default, no origin and speed 1, is the wall clock: a real site
+    never sets this section."""
+
+    speed: float = Field(1.0, gt=0)
+    origin: AwareDatetime | None = None
+    wall_start: float | None = None
 
 
 class CentralSettings(BaseModel):
@@ -227,6 +298,9 @@ class Settings(BaseSettings):
     replication: ReplicationSettings = ReplicationSettings()
     central: CentralSettings = CentralSettings()
     ml: MlSettings = MlSettings()
+    clock: ClockSettings = ClockSettings()
+    guard: GuardSettings = GuardSettings()
+    ab: AbSettings = AbSettings()
     alerts: AlertSettings = AlertSettings()
     backups: BackupSettings = BackupSettings()
     ui: UiSettings = UiSettings()

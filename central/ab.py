@@ -4,6 +4,7 @@ from the site's readings against the stored baseline (the statistics are in `mod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import psycopg
 
@@ -13,7 +14,7 @@ from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
 from bacpipes.zones import find_zones, site_hourly
 from central.baselines import latest_baseline
-from models.ab import Period, PeriodResult, discomfort_kh
+from models.ab import Period, PeriodResult, score_periods
 
 
 def publish_schedule(conn: psycopg.Connection, site_id: str, periods: Sequence[Period]) -> int:
@@ -29,8 +30,12 @@ def publish_schedule(conn: psycopg.Connection, site_id: str, periods: Sequence[P
     return count
 
 
-def score(settings: Settings, periods: Sequence[Period]) -> list[PeriodResult]:
-    """Energy normalised by the latest stored baseline, and discomfort per zone, for each period."""
+def score(settings: Settings, periods: Sequence[Period],
+          washout_h: float | None = None) -> list[PeriodResult]:
+    """Energy normalised by the latest stored baseline, and discomfort per zone, for each period, over its
+    hours after the washout (`washout_h`, default `[ab] washout_h`): the carry-over from the previous arm
+    is scored to neither. A period with no baseline prediction in those hours is left out."""
+    washout = settings.ab.washout_h if washout_h is None else washout_h
     start, end = periods[0].start, periods[-1].end
     with connect(settings.database.dsn) as conn:
         baseline = latest_baseline(conn, settings.site.id)
@@ -42,12 +47,13 @@ def score(settings: Settings, periods: Sequence[Period]) -> list[PeriodResult]:
     temps = load_readings([z.points["zone_temp"] for z in zones], start, end, every="1h", settings=settings)
     temps = temps.to_pandas().pivot_table(index="time", columns="point_id", values="value")
     band = (settings.ml.comfort_low_c, settings.ml.comfort_high_c)
-    results = []
-    for p in periods:
-        inside = (hourly.index >= p.start) & (hourly.index < p.end)
-        in_temps = (temps.index >= p.start) & (temps.index < p.end)
-        results.append(PeriodResult(
-            p, float(hourly["energy_kwh"][inside].sum() / predicted[inside].sum()),
-            discomfort_kh(temps[in_temps], band, 1.0) / max(len(zones), 1),
-        ))
-    return results
+    return score_periods(periods, hourly["energy_kwh"], predicted, washout_h=washout, zone_temps=temps,
+                         band=band, step_h=1.0, zones=max(len(zones), 1))
+
+
+def published(conn: psycopg.Connection, site_id: str, start: datetime, end: datetime) -> list[Period]:
+    """The schedule the site's edge followed between start and end (periods wholly inside), in order."""
+    rows = conn.execute(
+        "SELECT period_start, period_end, arm FROM ab_schedule WHERE site_id = %s AND period_start >= %s"
+        " AND period_end <= %s ORDER BY period_start", (site_id, start, end)).fetchall()
+    return [Period(*row) for row in rows]

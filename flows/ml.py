@@ -23,7 +23,7 @@ from bacpipes.db import connect
 from bacpipes.errors import UserError
 from bacpipes.settings import Settings, load_settings
 from bacpipes.zones import find_zones, site_hourly, zone_frame
-from central.ab import publish_schedule, score
+from central.ab import publish_schedule, published, score
 from central.alerts import deliver, raise_alert
 from central.baselines import store_baseline
 from central.registry import deploy, register, rollback
@@ -118,18 +118,33 @@ def train_flow(
 
 
 @task(retries=3, retry_delay_seconds=10, retry_condition_fn=transient)
-def score_periods(settings: Settings, periods: list[Period]) -> list[PeriodResult]:
-    return score(settings, periods)
+def score_periods(settings: Settings, periods: list[Period], washout_h: float) -> list[PeriodResult]:
+    return score(settings, periods, washout_h)
+
+
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=transient)
+def ab_periods(settings: Settings, start: datetime, days: int, seed: int,
+               switch_hour: int | None) -> list[Period]:
+    """The schedule published for the site (periods wholly inside the window): what its edge followed.
+    None published (a plan made elsewhere), the switchback recomputed from `start` and `seed`."""
+    with psycopg.connect(settings.database.dsn) as conn:
+        periods = published(conn, settings.site.id, start, start + timedelta(days=days))
+    return periods or switchback(start, days, seed=seed, switch_hour=switch_hour, tz=settings.site.tz)
 
 
 @flow(name="ab")
 def ab_flow(config: str | None = None, start: datetime | None = None, days: int = 14, seed: int = 0,
-            max_energy_loss: float = 0.02, max_extra_discomfort_kh: float = 0.5) -> dict[str, Any]:
-    """Evaluate the switchback from `start`; roll the model back (and raise an alert) if ML is worse."""
+            max_energy_loss: float = 0.02, max_extra_discomfort_kh: float = 0.5,
+            washout_h: float | None = None, switch_hour: int | None = None) -> dict[str, Any]:
+    """Evaluate the switchback from `start`; roll the model back (and raise an alert) if ML is worse.
+    Each period is scored after its washout (`washout_h`, default `[ab] washout_h`); `switch_hour`
+    (default `[ab] switch_hour`) only matters when no schedule was published (see `ab_periods`)."""
     settings = load_settings(config)
     start = start or _window(days, None)[0]
-    periods = switchback(start, days, seed=seed)
-    verdict = evaluate(score_periods(settings, periods), max_energy_loss=max_energy_loss,
+    washout = settings.ab.washout_h if washout_h is None else washout_h
+    hour = settings.ab.switch_hour if switch_hour is None else switch_hour
+    periods = ab_periods(settings, start, days, seed, hour)
+    verdict = evaluate(score_periods(settings, periods, washout), max_energy_loss=max_energy_loss,
                        max_extra_discomfort_kh=max_extra_discomfort_kh)
     rolled_back_to = None
     if verdict.rollback:
@@ -141,7 +156,8 @@ def ab_flow(config: str | None = None, start: datetime | None = None, days: int 
     get_run_logger().info("A/B for %s: %s", settings.site.id, verdict)
     return {"savings": verdict.savings, "ci": verdict.ci, "discomfort_ml": verdict.discomfort_ml,
             "discomfort_baseline": verdict.discomfort_baseline, "rollback": verdict.rollback,
-            "reason": verdict.reason, "rolled_back_to": rolled_back_to}
+            "reason": verdict.reason, "rolled_back_to": rolled_back_to, "washout_h": washout,
+            "periods": len(periods)}
 
 
 @flow(name="closed-loop")
@@ -165,11 +181,14 @@ def closed_loop_flow(days: float = 14, zones: int = 3, seed: int = 11,
 
 @flow(name="ab-plan")
 def ab_plan_flow(config: str | None = None, start: datetime | None = None, days: int = 14,
-                 hours_per_period: int = 24, seed: int = 0) -> int:
-    """Publish the switchback schedule the site's edge will follow (and the ab flow will evaluate)."""
+                 hours_per_period: int = 24, seed: int = 0, switch_hour: int | None = None) -> int:
+    """Publish the switchback schedule the site's edge will follow (and the ab flow will evaluate): from
+    `start` (default: the next midnight UTC), or with `switch_hour` (default `[ab] switch_hour`) from the
+    first such local hour (site.timezone) at or after it, switching at that hour."""
     settings = load_settings(config)
     start = start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    periods = switchback(start, days, hours_per_period, seed)
+    hour = settings.ab.switch_hour if switch_hour is None else switch_hour
+    periods = switchback(start, days, hours_per_period, seed, switch_hour=hour, tz=settings.site.tz)
     with psycopg.connect(settings.database.dsn) as conn:
         added = publish_schedule(conn, settings.site.id, periods)
     get_run_logger().info("A/B schedule for %s: %d periods from %s", settings.site.id, added, start)
