@@ -36,7 +36,7 @@ from bacpipes.settings import Settings
 READINGS_PUBLICATION = "bacpipes_readings"
 META_PUBLICATION = "bacpipes_meta"
 META_TABLES = ("device", "point", "command_events", "site_heartbeat", "inference_log", "data_source",
-               "readings_hourly")
+               "readings_hourly", "model_guard_trips")
 CENTRAL_TABLES = ("write_commands", "model_deployments", "ab_schedule")  # central -> site, per site
 CENTRAL_ROLE = "bacpipes_central"  # how central logs in to every site
 COMMANDS_SUBSCRIPTION = "bacpipes_commands"  # the site's subscription to central

@@ -13,8 +13,10 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from datetime import UTC
 from typing import Any
 
+from bacpipes.clock import WALL, clock_from
 from bacpipes.contracts import Reading, batch_payload, batch_topic
 from bacpipes.db import connect
 from bacpipes.replication import heartbeat
@@ -25,6 +27,7 @@ from edge.command_mqtt import CommandSubscriber
 from edge.cov import CovSubscriber, cov_subscribers, polled_as
 from edge.discovery import discover
 from edge.executor import Executor, Result
+from edge.guard import EdgeGuard
 from edge.inference import EdgeInference
 from edge.ingest import Ingester
 from edge.polling import DevicePoller, PointOutcome
@@ -105,6 +108,7 @@ class PointStateWriter:
 class EdgeAgent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.clock = clock_from(settings.clock)  # the wall clock, or a simulated building's ([clock])
         self.stop_event = asyncio.Event()
         self.client: BacnetClient | None = None
         self.pollers: list[DevicePoller] = []
@@ -138,7 +142,7 @@ class EdgeAgent:
             if s.ingest.enabled:
                 self.ingester = Ingester(s).start()
             if s.writes.enabled:
-                self.executor = Executor(s, client, self._publish_result)
+                self.executor = Executor(s, client, self._publish_result, self.clock)
                 executor = self.executor
                 self.commands = CommandSubscriber(
                     s, asyncio.get_running_loop(), lambda payload: executor.intake_mqtt(payload, "mqtt")
@@ -148,7 +152,8 @@ class EdgeAgent:
                 by_device.setdefault(p.device_id, []).append(polled_as(p, s.cov))  # COV: polled as a check
             self.pollers = [
                 DevicePoller(
-                    client, d, by_device[d.device_id], self._on_outcomes, s.site.tz, s.polling.max_backoff_s
+                    client, d, by_device[d.device_id], self._on_outcomes, s.site.tz, s.polling.max_backoff_s,
+                    self.clock,
                 )
                 for d in devices
                 if d.device_id in by_device
@@ -162,6 +167,8 @@ class EdgeAgent:
                 tasks.append(asyncio.create_task(self.executor.run(self.stop_event)))
             if s.ml.enabled:
                 tasks.append(asyncio.create_task(self._inference(EdgeInference(s))))
+                if s.guard.enabled:
+                    tasks.append(asyncio.create_task(self._guard(EdgeGuard(s, self.clock))))
             await asyncio.gather(*tasks)
         finally:
             if self.commands:
@@ -211,14 +218,27 @@ class EdgeAgent:
         """Every ml.interval_s; a failing round is logged and tried again within a minute, not a whole
         interval later (a database restart should not cost the building 15 minutes of control)."""
         while not self.stop_event.is_set():
-            wait = self.settings.ml.interval_s
+            wait, started = self.settings.ml.interval_s, self.clock.time()
             try:
-                await asyncio.to_thread(inference.step)
+                await asyncio.to_thread(inference.step, self.clock.now(UTC))
+                if self.clock is not WALL:  # simulated time: a round's own duration is building minutes
+                    wait = max(0.0, wait - (self.clock.time() - started))
             except Exception:
                 log.exception("inference round failed; no write was made")
                 wait = min(wait, _INFERENCE_RETRY_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), timeout=wait)
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.clock.wall_s(wait))
+
+    async def _guard(self, guard: EdgeGuard) -> None:
+        """Every guard.interval_s while a model is active (edge/guard.py); a failing round is logged."""
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.to_thread(guard.check)
+            except Exception:
+                log.exception("edge guard round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(),
+                                       timeout=self.clock.wall_s(self.settings.guard.interval_s))
 
     def _heartbeat(self) -> None:
         """Central measures replication lag by this row's age when it arrives there."""

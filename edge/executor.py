@@ -19,13 +19,14 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from bacpipes.clock import Clock, clock_from
 from bacpipes.commands import CURRENT_AUTHORITY, INSERT_COMMAND, Command, command_params
 from bacpipes.settings import Settings
 from edge.bacnet import BacnetClient, BacnetError
@@ -100,13 +101,15 @@ class Executor:
     """Runs on the agent's event loop (bacpypes3 lives there); `run(stop)` until stop is set."""
 
     def __init__(
-        self, settings: Settings, client: BacnetClient, on_result: Callable[[Result], None] | None = None
+        self, settings: Settings, client: BacnetClient, on_result: Callable[[Result], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.site_id = settings.site.id
         self.agent = settings.mqtt.client_id  # unique per agent: brokers insist on it
         self.client = client
         self.on_result = on_result
+        self.clock = clock or clock_from(settings.clock)  # what a command's not_after is judged by
         self.completed = 0
         self.rejected = 0
         self.failed = 0
@@ -190,7 +193,7 @@ class Executor:
 
     async def execute(self, command: Pending) -> None:
         target = await self._target(command.point_id)
-        reason = refusal(command, target, await self._authority(), datetime.now(UTC), self.settings.writes)
+        reason = refusal(command, target, await self._authority(), self.clock.now(UTC), self.settings.writes)
         if reason is None and command.release:
             assert target is not None
             reason = await self._empty_slot(target, command.priority or 0)

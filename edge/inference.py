@@ -18,15 +18,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import polars as pl
 import psycopg
 
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
 from bacpipes.settings import Settings
-from bacpipes.zones import Zone, find_zones, zone_frame
+from bacpipes.zones import Zone, find_zones, hvac_frame, zone_frame
+from edge.guard import stood_down
 from models.artifact import LoadedModel, ModelRefused, load
-from models.features import build_features
-from models.policy import best_setpoint, candidates
+from models.features import FEATURES, build_features
+from models.mpc import MpcConfig, ZoneState, decide, session_predictor
+from models.outlook import NotEnoughHistory, Outlook
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,10 @@ class EdgeInference:
     slot: ModelSlot = field(init=False)
     last_good: dict[int, datetime] = field(default_factory=dict)  # per setpoint point: last active write
     holding: set[int] = field(default_factory=set)  # setpoints where ML holds the ML priority
+    # the MPC's outlook (models.outlook), learnt from the site's own history at most once a day
+    outlook: Outlook | None = None
+    outlook_note: str = "not learnt yet"
+    outlook_learnt: datetime | None = None  # when it was (last tried), in the caller's clock
 
     def __post_init__(self) -> None:
         self.slot = ModelSlot(self.settings.site.id, self.settings.ml.model)
@@ -108,6 +115,9 @@ class EdgeInference:
             except Exception as exc:  # a model that will not even load: treated as no model
                 log.error("model %s could not be loaded: %s", self.settings.ml.model, exc)
                 model = None
+            if model is not None and stood_down(conn, self.settings.site.id, model.deployment):
+                model = None  # the edge guard tripped on this deployment, released its writes (edge/guard.py)
+                self.holding.clear()
             decisions = []
             arm = _ab_arm(conn, self.settings.site.id, now)
             for zone in find_zones(conn, self.settings.site.id):
@@ -142,17 +152,69 @@ class EdgeInference:
         if features.is_empty():
             decision.detail = "incomplete inputs"
             return decision
-        options = candidates(zone.ml_min, zone.ml_max, ml.candidate_step_c, present=zone.present_setpoint,
-                             max_change=zone.ml_max_step)  # what the executor would accept
+        # the receding-horizon policy (models.mpc): trajectories within the ML limits and step from the
+        # present setpoint (what the executor would accept); only the first move is written. With an
+        # outlook: forecast outdoor temperature and occupancy, comfort bound in occupied steps only, and
+        # the objective in HVAC electricity; without one (too little history): the present held, every
+        # step occupied, the zone's cooling as the objective
+        row = features.select(FEATURES).to_numpy()[0]
+        at = features["time"][0]  # the newest complete instant (the newest bucket may still be partial)
+        energy = frame.filter(pl.col("time") <= at)["energy_kw"].drop_nulls()
+        if energy.is_empty():
+            decision.detail = "incomplete inputs"
+            return decision
+        outlook = self._outlook(conn, now)
+        forecast = occupied = price = None
+        if outlook is not None:
+            forecast, occupied, price = outlook.ahead(zone.name, at, ml.mpc_horizon_steps,
+                                                      float(row[FEATURES.index("outdoor_temp")]))
+        state = ZoneState(row, float(energy[-1]), zone.present_setpoint, zone.ml_min, zone.ml_max,
+                          zone.ml_max_step, forecast, occupied)
+        config = MpcConfig(horizon_steps=ml.mpc_horizon_steps, every_s=ml.interval_s,
+                           step_c=ml.candidate_step_c, margin_c=ml.mpc_margin_c,
+                           change_cost=ml.mpc_change_cost)
         try:
-            choice = best_setpoint(model.session, features, options, (ml.comfort_low_c, ml.comfort_high_c))
+            [plan] = decide(session_predictor(model.session), [state], (ml.comfort_low_c, ml.comfort_high_c),
+                            config, None if price is None else price.tolist())
         except Exception as exc:
             decision.detail = f"model failed: {exc}"
             return decision
         decision.setpoint, decision.energy_kw, decision.zone_temp = (
-            choice.setpoint, float(choice.energy_kw), float(choice.zone_temp)
+            plan.setpoint, plan.energy_kw, plan.zone_temp
         )
+        decision.detail = (f"outlook: {self.outlook_note}" if outlook is not None
+                           else f"no outlook ({self.outlook_note}): present values held, every step occupied")
         return decision
+
+    def _outlook(self, conn: psycopg.Connection, now: datetime) -> Outlook | None:
+        """The cached outlook, learnt again once a day (a failed try again after an hour): the last
+        `ml.outlook_history_days` of every zone at the inference interval, and the site's HVAC meter."""
+        ml = self.settings.ml
+        if self.outlook_learnt is not None and now >= self.outlook_learnt:
+            due = timedelta(days=1) if self.outlook is not None else timedelta(hours=1)
+            if now - self.outlook_learnt < due:
+                return self.outlook
+        self.outlook_learnt = now
+        every = timedelta(seconds=ml.interval_s)
+        start = now - timedelta(days=ml.outlook_history_days)
+        try:
+            with conn.transaction():  # a savepoint: a failed read must not abort the round's transaction
+                zones = find_zones(conn, self.settings.site.id)
+                frames = {z.name: zone_frame(z, start, now, every, self.settings, conn) for z in zones}
+                site = hvac_frame(conn, self.settings, start, now, every)
+            self.outlook = Outlook.learn(frames, site, every_s=ml.interval_s,
+                                         timezone=self.settings.site.timezone, min_days=ml.outlook_min_days)
+        except NotEnoughHistory as exc:
+            self.outlook, self.outlook_note = None, str(exc)
+            return None
+        except Exception as exc:  # never let the outlook stop inference: run without it
+            log.exception("the MPC outlook could not be learnt")
+            self.outlook, self.outlook_note = None, f"outlook failed: {exc}"
+            return None
+        weights = "HVAC meter" if self.outlook.elec_per_kw is not None else "no HVAC meter, weights 1"
+        self.outlook_note = f"{self.outlook.days:.1f} days of history, {weights}"
+        log.info("MPC outlook learnt: %s", self.outlook_note)
+        return self.outlook
 
     def _write(self, conn: psycopg.Connection, zone: Zone, model: Loaded, decision: Decision,
                now: datetime) -> Any:

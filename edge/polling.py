@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from bacpypes3.primitivedata import Double, ObjectIdentifier, Real
 
+from bacpipes.clock import WALL, Clock
 from bacpipes.contracts import Quality, Reading
 from edge.bacnet import (
     BacnetClient,
@@ -112,6 +112,7 @@ class DevicePoller:
         sink: Callable[[list[PointOutcome]], None],
         tz: ZoneInfo,
         max_backoff_s: float = 300.0,
+        clock: Clock = WALL,
     ) -> None:
         self.client = client
         self.device = device
@@ -119,11 +120,12 @@ class DevicePoller:
         self.sink = sink
         self.tz = tz
         self.max_backoff_s = max_backoff_s
+        self.clock = clock  # slots and stamps: the wall clock, or a simulated building's (bacpipes.clock)
         self.stats = DeviceStats()
         self.use_rpm = True
         self.failures = 0
         self.batch_size = rpm_batch_size(device.max_apdu)
-        now = time.time()
+        now = self.clock.time()
         self.due = {p.point_id: next_slot(p.interval_s, now) for p in points}
         self._rescheduled = asyncio.Event()
 
@@ -133,15 +135,15 @@ class DevicePoller:
         if point is None:
             return
         self.points[point_id] = replace(point, interval_s=interval_s)
-        self.due[point_id] = next_slot(interval_s, time.time())
+        self.due[point_id] = next_slot(interval_s, self.clock.time())
         self._rescheduled.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and self.due:
-            delay = min(self.due.values()) - time.time()
+            delay = min(self.due.values()) - self.clock.time()
             if delay > 0:
                 self._rescheduled.clear()
-                await _first_set((stop, self._rescheduled), delay)
+                await _first_set((stop, self._rescheduled), self.clock.wall_s(delay))
                 continue  # stopped, rescheduled, or due now: look again
             try:
                 await self.poll_due()
@@ -152,9 +154,9 @@ class DevicePoller:
         """An unexpected failure is this device's problem: its due points get the error, it backs off."""
         log.exception("device %s: unexpected failure while polling; backing off", self.device.device_id)
         self.stats.failures_contained += 1
-        now = time.time()
+        now = self.clock.time()
         due = [pid for pid, t in self.due.items() if t <= now + _DUE_WINDOW_S]
-        polled_at = datetime.now(self.tz)
+        polled_at = self.clock.now(self.tz)
         self.sink([PointOutcome(pid, polled_at, error=describe_error(exc)) for pid in due])
         self._back_off(due)
 
@@ -162,13 +164,13 @@ class DevicePoller:
         self.failures += 1
         self.stats.backoffs += 1
         backoff = min(self.max_backoff_s, 2.0 ** min(self.failures, 16))
-        retry = time.time() + backoff
+        retry = self.clock.time() + backoff
         log.warning("device %s not answering; retry in %.0f s", self.device.device_id, backoff)
         for pid in due:
-            self.due[pid] = max(retry, next_slot(self.points[pid].interval_s, time.time()))
+            self.due[pid] = max(retry, next_slot(self.points[pid].interval_s, self.clock.time()))
 
     async def poll_due(self) -> None:
-        started = time.time()
+        started = self.clock.time()
         due = sorted(pid for pid, t in self.due.items() if t <= started + _DUE_WINDOW_S)
         for pid in due:
             self.stats.lateness_s.append(max(0.0, started - self.due[pid]))
@@ -178,7 +180,7 @@ class DevicePoller:
             self._back_off(due)
             return
         self.failures = 0
-        now = time.time()
+        now = self.clock.time()
         for pid in due:
             self.due[pid] = next_slot(self.points[pid].interval_s, max(now, self.due[pid]))
 
@@ -191,14 +193,14 @@ class DevicePoller:
                 values = await self._read_batch(batch)
             except NoResponse as exc:
                 message = str(exc) or type(exc).__name__
-                polled_at = datetime.now(self.tz)
+                polled_at = self.clock.now(self.tz)
                 outcomes.extend(
                     PointOutcome(p.point_id, polled_at, error=message, no_response=True)
                     for p in points[start:]
                 )
                 self.stats.reads_failed += len(points) - start
                 return outcomes, True
-            polled_at = datetime.now(self.tz)
+            polled_at = self.clock.now(self.tz)
             outcomes.extend(self._outcome(p, values, polled_at) for p in batch)
             start += len(batch)
         return outcomes, False

@@ -1,8 +1,10 @@
 """Serve the virtual building: N BACnet/IP devices on consecutive loopback addresses.
 
 Building time runs at ``speed`` × wall time from ``start`` (speed 0 freezes it, which makes exact
-comparisons possible in tests). A periodic tick catches the physics up and copies it into the
-objects, so reads are cheap and every read in the same tick sees the same building state.
+comparisons possible in tests): ``clock``, a `bacpipes.clock.ScaledClock` in the building's naive local
+time, which an agent given the same anchor reads too (sim/energyplus/field_trial.py). A periodic tick
+catches the physics up and copies it into the objects, so reads are cheap and every read in the same tick
+sees the same building state.
 
 Two buildings (``building=``): ``"rc"``, our fast RC model (sim/physics.py, N controllers), or
 ``"energyplus:<prototype>"``, a DOE prototype under EnergyPlus (sim/energyplus/: one controller per air
@@ -27,13 +29,13 @@ import logging
 import math
 import signal
 import threading
-import time
 from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from bacpypes3.primitivedata import ObjectIdentifier
 
+from bacpipes.clock import ScaledClock
 from bacpipes.errors import UserError
 from sim.bbmd import make_bbmd
 from sim.devices import FIRST_INSTANCE, SimDevice
@@ -155,8 +157,7 @@ class VirtualBuilding:
                 raise ValueError(f"router address {router_ip} is a device's address")
             self.router = SimRouter(self.building, router_ip, port, devices, routed, points, self._on_write)
             self.devices += self.router.devices
-        self._wall0 = time.monotonic()
-        self._time0 = self.building.time
+        self.clock = ScaledClock(self.building.time, speed)
 
     def _init_energyplus(self, address_base: str, start: datetime | None, points: int, routed: int) -> None:
         """The EnergyPlus building's controllers: one per air handler, the plant, the meters."""
@@ -180,12 +181,10 @@ class VirtualBuilding:
         self._busy: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
         self.failed: BaseException | None = None
-        self._wall0 = time.monotonic()
-        self._time0 = self.start_time
+        self.clock = ScaledClock(self.start_time, self.speed)
 
     def building_time(self) -> datetime:
-        elapsed = (time.monotonic() - self._wall0) * self.speed
-        return self._time0 + timedelta(seconds=elapsed)
+        return self.clock.origin + timedelta(seconds=self.clock.elapsed_s())  # naive or aware, as started
 
     async def start(self) -> None:
         """Create every device's objects and bind its UDP socket."""
@@ -207,7 +206,7 @@ class VirtualBuilding:
             raise OSError(
                 f"could not bind UDP port {self.port} on {', '.join(self.addresses)}"
             ) from err
-        self._wall0 = time.monotonic()
+        self.clock = ScaledClock(self.clock.origin, self.speed)  # served from now
         self._tick_task = asyncio.create_task(self._ticker() if self.energyplus is None
                                               else self._energyplus_ticker())
 
@@ -271,7 +270,7 @@ class VirtualBuilding:
         if speed < 0:
             raise ValueError("speed must be >= 0")
         now = self.building_time()
-        self._time0, self._wall0, self.speed = now, time.monotonic(), speed
+        self.clock, self.speed = ScaledClock(now, speed), speed
         if self.energyplus is None:
             self.sync()
             return now
@@ -295,7 +294,7 @@ class VirtualBuilding:
             eng.advance_to(self.start_time)
 
         await asyncio.to_thread(boot)
-        self._time0 = max(self.start_time, eng.time)
+        self.clock = ScaledClock(max(self.start_time, eng.time), self.speed)
         self.sample = eng.sample
         specs = describe(eng)
         self.devices = [EPlusDevice(spec, eng, address, self.port, self._on_write)
@@ -433,6 +432,11 @@ class ThreadedBuilding:
     def set_speed(self, speed: float) -> datetime:
         """See VirtualBuilding.set_speed: 0 pauses (and, for EnergyPlus, waits for the engine)."""
         return self._call(self.vb.set_speed(speed), timeout=120.0)
+
+    def clock(self) -> ScaledClock:
+        """The building's clock since the last start or change of speed (its anchor is what an agent needs
+        to share it: `ScaledClock.anchor`)."""
+        return self._call(_run(lambda: self.vb.clock))
 
     def building_time(self) -> datetime:
         return self._call(_run(self.vb.building_time))

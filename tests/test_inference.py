@@ -84,9 +84,40 @@ def rows(dsn: str, query: str) -> list[tuple]:
 def test_shadow_mode_logs_a_choice_and_never_writes(site: Settings, onnx_model: bytes) -> None:
     deploy(site.database.dsn, onnx_model, "1", "shadow")
     [decision] = EdgeInference(site).step(NOW)
-    assert decision.detail is None and 22.0 <= decision.setpoint <= 26.0
+    assert 22.0 <= decision.setpoint <= 26.0
+    # an hour of history: no outlook (models.outlook), the MPC holds the present values, and says so
+    assert decision.detail.startswith("no outlook (") and "h of history" in decision.detail, decision.detail
     logged = rows(site.database.dsn, "SELECT mode, version, setpoint, command_id FROM inference_log")
     assert logged == [("shadow", "1", decision.setpoint, None)]
+
+
+def test_with_a_day_of_history_the_mpc_decides_with_an_outlook(site: Settings, onnx_model: bytes) -> None:
+    """Occupancy by time of day and HVAC electricity per kW of cooling learnt from the site's own readings
+    (its SITE-HVAC-KW meter), once: a second round reuses it."""
+    with psycopg.connect(site.database.dsn) as conn:
+        conn.execute("INSERT INTO point (site_id, point_id, device_id, object_type, object_instance,"
+                     " object_name) VALUES ('s1', 6, 1001, 'analog-input', 201, 'SITE-HVAC-KW')")
+        with conn.cursor().copy("COPY sensor_readings (time, site_id, point_id, value) FROM STDIN") as copy:
+            for step in range(4 * 30):  # 30 h at 15 min, up to the fixture's last hour
+                t = NOW - timedelta(hours=31) + timedelta(minutes=15 * step)
+                day = 8 <= t.hour < 18
+                outdoor, load = 28.0 + 4 * day + 0.01 * step, 20.0 + 40.0 * day + 0.1 * (step % 7)
+                for pid, value in {1: 24.0, 2: 24.0, 3: load, 4: 90.0 * day, 5: outdoor,
+                                   6: load * (0.1 + 0.01 * outdoor) + 5.0}.items():
+                    copy.write_row((t, "s1", pid, value))
+    deploy(site.database.dsn, onnx_model, "1", "shadow")
+    inference = EdgeInference(site)
+    [decision] = inference.step(NOW)
+    assert decision.detail.startswith("outlook: 1.3 days of history, HVAC meter"), decision.detail
+    learnt = inference.outlook
+    assert learnt.elec_per_kw == pytest.approx((0.1, 0.01), abs=1e-3)
+    far = [h for h in range(24) if min(abs(h - NOW.hour), 24 - abs(h - NOW.hour)) > 2]  # not the fixture's
+    night = NOW.replace(hour=next(h for h in far if not 8 <= h < 18), minute=0)
+    noon = NOW.replace(hour=next(h for h in far if 8 <= h < 17), minute=0)
+    assert learnt.occupancy_ahead("AHU1", night, 1)[0] == 0.0
+    assert learnt.occupancy_ahead("AHU1", noon, 1)[0] == pytest.approx(0.9)
+    inference.step(NOW + timedelta(minutes=15))
+    assert inference.outlook is learnt  # learnt at most once a day
     assert rows(site.database.dsn, "SELECT count(*) FROM write_commands") == [(0,)]
 
 
