@@ -50,6 +50,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from bacpipes.alerts import COLUMNS, Alert, raise_alert
 from bacpipes.replication import (
     COMMANDS_SUBSCRIPTION,
     agent_silent,
@@ -81,26 +82,6 @@ class Verdict:
     severity: str = "warning"
 
 
-@dataclass(frozen=True)
-class Alert:
-    id: int | None
-    site_id: str | None
-    source: str
-    severity: str
-    message: str
-    raised_at: datetime
-    resolved_at: datetime | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["raised_at"] = self.raised_at.isoformat()
-        out["resolved_at"] = self.resolved_at.isoformat() if self.resolved_at else None
-        out["text"] = self.text()
-        return out
-
-    def text(self) -> str:
-        where = f" at {self.site_id}" if self.site_id else ""
-        return f"[{self.severity}] {self.source}{where}: {self.message}"
 
 
 @dataclass
@@ -288,21 +269,6 @@ def evaluate(conn: psycopg.Connection, settings: Settings, central: bool) -> lis
 
 # --- storing --------------------------------------------------------------------------------------
 
-_COLUMNS = "id, site_id, source, severity, message, raised_at, resolved_at"
-
-
-def raise_alert(conn: psycopg.Connection, site_id: str | None, source: str, severity: str, message: str, *,
-                raised_at: datetime | None = None, resolved: bool = False) -> Alert:
-    """Store one alert: the only writer of `alerts`, for the rules here and for the flows alike. The caller
-    sends what it raised with `deliver` once its transaction is committed (`run_alerts` does for the rules),
-    so an alert from a flow reaches the webhook and the mail as a rule's does. `raised_at` and `resolved`
-    record an episode that is already over (the database outage, stored once it answers again)."""
-    row = conn.execute(
-        f"INSERT INTO alerts (site_id, source, severity, message, raised_at, resolved_at)"
-        f" VALUES (%s, %s, %s, %s, coalesce(%s, now()), CASE WHEN %s THEN now() END) RETURNING {_COLUMNS}",
-        (site_id, source, severity, message, raised_at, resolved),
-    ).fetchone()
-    return Alert(*row)  # type: ignore[misc]
 
 
 def apply(conn: psycopg.Connection, verdicts: list[Verdict], monitored: list[str] | None = None) -> Changes:
@@ -312,7 +278,7 @@ def apply(conn: psycopg.Connection, verdicts: list[Verdict], monitored: list[str
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         open_rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM alerts WHERE resolved_at IS NULL AND source LIKE 'alerts:%%'"
+            f"SELECT {COLUMNS} FROM alerts WHERE resolved_at IS NULL AND source LIKE 'alerts:%%'"
         ).fetchall()
         opened = {(row[2], row[1]): Alert(*row) for row in open_rows}
         for v in verdicts:
@@ -329,7 +295,7 @@ def apply(conn: psycopg.Connection, verdicts: list[Verdict], monitored: list[str
 
 
 def _resolve(conn: psycopg.Connection, alert_id: int | None) -> Alert:
-    row = conn.execute(f"UPDATE alerts SET resolved_at = now() WHERE id = %s RETURNING {_COLUMNS}",
+    row = conn.execute(f"UPDATE alerts SET resolved_at = now() WHERE id = %s RETURNING {COLUMNS}",
                        (alert_id,)).fetchone()
     return Alert(*row)  # type: ignore[misc]
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import psycopg
 
+from bacpipes.alerts import raise_alert
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
 from bacpipes.settings import Settings
@@ -256,11 +257,9 @@ class EdgeGuard:
         if row is None:  # another guard (a second agent) tripped first
             conn.commit()
             return None
-        conn.execute(
-            "INSERT INTO alerts (site_id, source, severity, message) VALUES (%s, %s, 'critical', %s)",
-            (s.site.id, CREATED_BY, f"model {s.ml.model}@{deployment.version} stood down by the edge guard"
-             f" ({breach.rule}): {breach.detail}; the ML priority of {len(held)} setpoint(s) released"),
-        )
+        raise_alert(conn, s.site.id, CREATED_BY, "critical",
+                    f"model {s.ml.model}@{deployment.version} stood down by the edge guard ({breach.rule}):"
+                    f" {breach.detail}; the ML priority of {len(held)} setpoint(s) released")
         conn.commit()
         log.error("edge guard tripped %s@%s (%s): %s", s.ml.model, deployment.version, breach.rule,
                   breach.detail)

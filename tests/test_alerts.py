@@ -342,5 +342,5 @@ def test_alerts_flow_runs_once(prefect, db_dsn: str, tmp_path: Path, webhook: We
 
 
 def test_alerts_are_written_in_one_place() -> None:
-    """Every writer (the rules, the flows) goes through central.alerts.raise_alert."""
-    assert writers_of("alerts") == ["central/alerts.py"]
+    """Every writer (the rules, the flows, the edge guard) goes through bacpipes.alerts.raise_alert."""
+    assert writers_of("alerts") == ["bacpipes/alerts.py"]
