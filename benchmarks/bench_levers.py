@@ -15,35 +15,7 @@ One EnergyPlus run per variant, ~10 s each.
 
 from __future__ import annotations
 
-import argparse
-import time
-from datetime import date
-
-from sim.energyplus.levers import DAYS, MORE, START, TIMESTEPS, VARIANTS, points, run_variant, table
-
-
-def main() -> None:
-    every = VARIANTS + MORE
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=DAYS)
-    parser.add_argument("--start", type=date.fromisoformat, default=START)
-    parser.add_argument("--timesteps", type=int, default=TIMESTEPS)
-    parser.add_argument("--variants", nargs="*", default=[v.name for v in every],
-                        help=f"of: {', '.join(v.name for v in every)} (the first is the baseline)")
-    args = parser.parse_args()
-    t0 = time.perf_counter()
-    chosen = sorted((v for v in every if v.name in args.variants), key=lambda v: args.variants.index(v.name))
-    runs = []
-    for v in chosen:
-        runs.append(run_variant(v, args.start, args.days, args.timesteps))
-        print(f"  {v.name}: {runs[-1].kpis.wall_s:.0f} s", flush=True)
-    print(f"{args.days} days from {args.start}, {args.timesteps} steps/h, Tampa TMY3; saved = against "
-          f"{runs[0].variant.name}")
-    print(table(runs))
-    print("BACnet points each lever needs:")
-    print(points())
-    print(f"wall {time.perf_counter() - t0:.0f} s")
-
+from sim.energyplus.levers import MORE, VARIANTS, main
 
 if __name__ == "__main__":
-    main()
+    main(VARIANTS + MORE, __doc__)

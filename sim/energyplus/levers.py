@@ -43,7 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import time as wallclock
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -320,12 +320,13 @@ def points() -> str:
     return "\n".join(f"- {lever}: {what}" for lever, what in POINTS.items())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(variants: Sequence[Variant] = VARIANTS, about: str | None = None) -> None:
+    """The table for `variants` (`--variants` chooses among every one); the first is the baseline."""
+    parser = argparse.ArgumentParser(description=(about or __doc__).splitlines()[0])
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument("--start", type=date.fromisoformat, default=START)
     parser.add_argument("--timesteps", type=int, default=TIMESTEPS)
-    parser.add_argument("--variants", nargs="*", default=[v.name for v in VARIANTS],
+    parser.add_argument("--variants", nargs="*", default=[v.name for v in variants],
                         help=f"of: {', '.join(v.name for v in VARIANTS + MORE)}")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
