@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -60,6 +59,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 import psycopg
+import tomli_w
 from psycopg.conninfo import make_conninfo
 
 from bacpipes.clock import ScaledClock
@@ -300,22 +300,10 @@ class BuildingProcess:
 # --- the site --------------------------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
 def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in body.items()
-                                                       if v is not None) + "\n"
-                            for name, body in sections.items()))
+    """Settings by tomli_w (TOML has no null: a None leaves the key to its default)."""
+    doc = {name: {k: v for k, v in body.items() if v is not None} for name, body in sections.items()}
+    path.write_text(tomli_w.dumps(doc), encoding="utf-8")
     return path
 
 
