@@ -90,6 +90,7 @@ class Decision:
     zone_temp: float | None = None
     command_id: Any = None
     detail: str | None = None
+    step_back: bool = False  # no one expected over the horizon: the building's own schedule (its setback)
 
 
 @dataclass
@@ -128,6 +129,8 @@ class EdgeInference:
                     self.last_good.pop(zone.setpoint, None)  # give the priority back now
                 else:
                     decision = self._decide(conn, zone, model, now)
+                    if decision.step_back:
+                        self.last_good.pop(zone.setpoint, None)  # give the priority back now
                 if model and model.mode == "active" and decision.setpoint is not None:
                     decision.command_id = self._write(conn, zone, model, decision, now)
                 self._release_if_due(conn, zone, model, now)
@@ -168,6 +171,12 @@ class EdgeInference:
         if outlook is not None:
             forecast, occupied, price = outlook.ahead(zone.name, at, ml.mpc_horizon_steps,
                                                       float(row[FEATURES.index("outdoor_temp")]))
+            if not any(occupied):  # nights and weekends: the setback is the schedule's, not the model's
+                decision.step_back = True
+                hours = ml.mpc_horizon_steps * ml.interval_s / 3600
+                decision.detail = (f"unoccupied for the next {hours:g} h (outlook: {self.outlook_note}):"
+                                   " the building's own schedule")
+                return decision
         state = ZoneState(row, float(energy[-1]), zone.present_setpoint, zone.ml_min, zone.ml_max,
                           zone.ml_max_step, forecast, occupied)
         config = MpcConfig(horizon_steps=ml.mpc_horizon_steps, every_s=ml.interval_s,

@@ -166,8 +166,10 @@ def first_run(folder: Path) -> dict:
         except psycopg.OperationalError as exc:
             without_password[role] = str(exc)
     live = "SELECT count(*) FROM sensor_readings WHERE time > now() - interval '2 minutes'"
-    shadow = ("SELECT count(*) FROM inference_log WHERE mode = 'shadow'"
-              " AND setpoint IS NOT NULL AND command_id IS NULL")
+    # a decision per zone, in shadow (no command): a setpoint, or, with no one expected for the MPC's
+    # horizon (nights, weekends), a step back to the building's own schedule
+    shadow = ("SELECT count(*) FROM inference_log WHERE mode = 'shadow' AND command_id IS NULL"
+              " AND (setpoint IS NOT NULL OR detail LIKE 'unoccupied for the next %%')")
     observed = {
         "site_readings": count(site, "SELECT count(*) FROM sensor_readings"),
         "central_readings": count(central, "SELECT count(*) FROM sensor_readings WHERE site_id = %s",

@@ -108,7 +108,10 @@ def test_with_a_day_of_history_the_mpc_decides_with_an_outlook(site: Settings, o
     deploy(site.database.dsn, onnx_model, "1", "shadow")
     inference = EdgeInference(site)
     [decision] = inference.step(NOW)
-    assert decision.detail.startswith("outlook: 1.3 days of history, HVAC meter"), decision.detail
+    # by the hour the test runs at: a decision with the outlook, or, no one expected for 2 h, a step back
+    learnt_from = "1.3 days of history, HVAC meter"
+    assert decision.detail.startswith((f"outlook: {learnt_from}", f"unoccupied for the next 2 h (outlook: "
+                                       f"{learnt_from}")), decision.detail
     learnt = inference.outlook
     assert learnt.elec_per_kw == pytest.approx((0.1, 0.01), abs=1e-3)
     far = [h for h in range(24) if min(abs(h - NOW.hour), 24 - abs(h - NOW.hour)) > 2]  # not the fixture's
@@ -119,6 +122,30 @@ def test_with_a_day_of_history_the_mpc_decides_with_an_outlook(site: Settings, o
     inference.step(NOW + timedelta(minutes=15))
     assert inference.outlook is learnt  # learnt at most once a day
     assert rows(site.database.dsn, "SELECT count(*) FROM write_commands") == [(0,)]
+
+
+def test_with_no_one_expected_the_mpc_steps_back_and_gives_the_priority_back(
+    site: Settings, onnx_model: bytes
+) -> None:
+    """Nights and weekends are the building's own schedule (its setback): an active model that held a zone
+    releases it as soon as its outlook sees no one over the horizon, and writes nothing."""
+    deploy(site.database.dsn, onnx_model, "1", "active")
+    inference = EdgeInference(site)
+    [held] = inference.step(NOW)  # too little history for an outlook: it decides, and holds the zone
+    assert held.command_id is not None and not held.step_back
+    with psycopg.connect(site.database.dsn) as conn, \
+            conn.cursor().copy("COPY sensor_readings (time, site_id, point_id, value) FROM STDIN") as copy:
+        for step in range(4 * 30):  # 30 h at 15 min of an empty building
+            t = NOW - timedelta(hours=31) + timedelta(minutes=15 * step)
+            for pid, value in {1: 24.0, 2: 24.0, 3: 2.0, 4: 0.0, 5: 27.0}.items():
+                copy.write_row((t, "s1", pid, value))
+    inference.outlook_learnt = None  # learn now, not tomorrow
+    [back] = inference.step(NOW + timedelta(minutes=15))
+    assert back.step_back and back.setpoint is None and back.command_id is None
+    assert back.detail.startswith("unoccupied for the next 2 h (outlook: 1.3 days of history"), back.detail
+    assert rows(site.database.dsn, "SELECT command_type, value, priority, source FROM write_commands"
+                " ORDER BY created_at") == [("write_value", held.setpoint, 8, "ml"),
+                                            ("release_priority", None, 8, "ml")]
 
 
 def test_active_mode_writes_inside_the_ml_limits_and_releases_when_switched_off(
