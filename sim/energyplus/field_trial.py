@@ -64,7 +64,7 @@ from psycopg.conninfo import make_conninfo
 
 from bacpipes.clock import ScaledClock
 from bacpipes.commands import grant_remote
-from bacpipes.db import migrate
+from bacpipes.db import ensure_database, migrate
 from bacpipes.partitions import create_partition
 from bacpipes.points import update_points
 from bacpipes.settings import Settings, load_settings
@@ -334,9 +334,8 @@ def site_sections(trial: Trial, dsn: str, mqtt_url: str, workdir: Path, site_id:
 
 
 def create_database(admin_dsn: str, name: str) -> str:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     dsn = make_conninfo(admin_dsn, dbname=name)
+    ensure_database(dsn)
     migrate(dsn)
     return dsn
 
