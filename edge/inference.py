@@ -25,7 +25,7 @@ from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
 from bacpipes.settings import Settings
 from bacpipes.zones import Zone, find_zones, hvac_frame, zone_frame
-from edge.guard import stood_down
+from edge.guard import latest_deployment, stood_down
 from models.artifact import LoadedModel, ModelRefused, load
 from models.features import FEATURES, build_features
 from models.mpc import MpcConfig, ZoneState, decide, session_predictor
@@ -33,10 +33,6 @@ from models.outlook import NotEnoughHistory, Outlook
 
 log = logging.getLogger(__name__)
 
-_LATEST = """
-SELECT id, version, mode, sha256, onnx FROM model_deployments
-WHERE site_id = %s AND name = %s ORDER BY created_at DESC, id DESC LIMIT 1
-"""
 
 
 @dataclass
@@ -60,15 +56,18 @@ class ModelSlot:
         self.refused: Any = None  # the last deployment refused, so it is reported once
 
     def refresh(self, conn: psycopg.Connection) -> Loaded | None:
-        row = conn.execute(_LATEST, (self.site_id, self.name)).fetchone()
-        if row is None or row[2] == "off":
+        latest = latest_deployment(conn, self.site_id, self.name)
+        if latest is None or latest.mode == "off":
             self.current = None
             return None
-        deployment, version, mode, sha256, onnx = row
+        deployment, version, mode = latest.id, latest.version, latest.mode
         if self.current and self.current.deployment == deployment:
             return self.current
         if self.refused == deployment:
             return self.current  # reported once; keep running what was verified before
+        # the bytes only for a deployment not seen yet, not every round
+        sha256, onnx = conn.execute("SELECT sha256, onnx FROM model_deployments WHERE id = %s",
+                                    (deployment,)).fetchone()
         try:
             model = load(bytes(onnx or b""), sha256)
         except ModelRefused as exc:
