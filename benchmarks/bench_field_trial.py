@@ -27,10 +27,10 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from models.ab import complement
 from sim.energyplus.field_trial import (
     RunResult,
     Trial,
-    complement,
     exploration_model,
     report,
     run_once,

@@ -40,6 +40,12 @@ class Period:
         return min(self.start + timedelta(hours=washout_h), self.end)
 
 
+def complement(periods: Sequence[Period]) -> list[Period]:
+    """The same periods with the arms swapped: run after `periods`, every period is seen under both arms
+    (same weather, same weekday), which a simulation can afford and a building cannot."""
+    return [Period(p.start, p.end, "baseline" if p.arm == "ml" else "ml") for p in periods]
+
+
 def switchback(start: datetime, days: int, hours_per_period: int = 24, seed: int = 0, *,
                switch_hour: int | None = None, tz: tzinfo | str | None = None) -> list[Period]:
     """Balanced pairs of periods, each pair's order drawn at random.

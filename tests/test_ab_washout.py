@@ -20,10 +20,10 @@ from bacpipes.zones import site_hourly
 from central.ab import publish_schedule, published, score
 from central.baselines import store_baseline
 from flows.ml import ab_periods
-from models.ab import Period, evaluate, score_periods, switchback
+from models.ab import Period, complement, evaluate, score_periods, switchback
 from models.baseline import fit_baseline
 from sim.backfill import backfill
-from sim.energyplus.ab_check import Series, complement, paired_saving, splice
+from sim.energyplus.ab_check import Series, paired_saving, splice
 from tests.test_flows import config
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.ab import Period, Verdict, evaluate, score_periods, switchback
+from models.ab import Period, Verdict, complement, evaluate, score_periods, switchback
 
 STEP = timedelta(minutes=15)  # the closed loop's decision interval (its site rows)
 
@@ -101,10 +101,6 @@ class Row:
     truth_all: float  # paired saving, every hour of the days the periods cover
     truth_scored: float  # paired saving over the scored hours only
     lag1: tuple[float, float]  # carry-over regression on the switched runs: steady-state saving, ± 95 %
-
-
-def complement(periods: Sequence[Period]) -> list[Period]:
-    return [Period(p.start, p.end, "baseline" if p.arm == "ml" else "ml") for p in periods]
 
 
 def splice(periods: Sequence[Period], schedule: pd.Series, ml: pd.Series) -> pd.Series:

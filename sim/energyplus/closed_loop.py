@@ -53,7 +53,7 @@ import numpy as np
 import onnxruntime as ort
 import polars as pl
 
-from models.ab import Period, PeriodResult, Verdict, evaluate, switchback
+from models.ab import Period, PeriodResult, Verdict, complement, evaluate, switchback
 from models.features import FEATURES, build_features
 from models.mpc import MpcConfig, ZoneState, decide, session_predictor
 from models.outlook import Outlook
@@ -409,7 +409,7 @@ def evaluate_controllers(start: date = date(2025, 7, 7), days: int = 14,
     }
     runs = {name: run(make[name](), start, days, timesteps_per_hour, band) for name in controllers}
     periods = switchback(datetime.combine(start, datetime.min.time()), days, 24, seed)
-    flipped = [Period(p.start, p.end, "baseline" if p.arm == "ml" else "ml") for p in periods]
+    flipped = complement(periods)
     base = runs["schedule"] if "schedule" in runs else run(schedule(), start, days, timesteps_per_hour, band)
     results = []
     for plan in (periods, flipped):

@@ -51,7 +51,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from bacpipes.db import ensure_database, migrate
 from bacpipes.partitions import create_partition
 from bacpipes.points import update_points
 from bacpipes.settings import Settings, load_settings
-from models.ab import Period, PeriodResult, Verdict, evaluate
+from models.ab import Period, PeriodResult, Verdict, complement, evaluate
 from models.features import build_features
 from models.policy import candidates
 from models.setpoint import export, train
@@ -145,10 +145,6 @@ def schedule(trial: Trial) -> list[Period]:
     length = timedelta(hours=trial.hours_per_period)
     return [Period(trial.start + i * length, trial.start + (i + 1) * length, arm)
             for i, arm in enumerate(arms[: trial.periods])]
-
-
-def complement(periods: Sequence[Period]) -> list[Period]:
-    return [replace(p, arm="baseline" if p.arm == "ml" else "ml") for p in periods]
 
 
 # --- the model -------------------------------------------------------------------------------------
