@@ -14,7 +14,8 @@ faithful the run was: wall time per building day, readings over poll slots (cove
 (expired: a round took longer than the interval), the worst EnergyPlus lag. A run whose coverage is well
 under 1 or with expired writes was too fast for this machine: lower --speed.
 
-    python -m benchmarks.bench_field_trial [--days 14] [--speed 300] [--hours-per-period 24] [--sequential]
+    python -m benchmarks.bench_field_trial [--days 14] [--speed 300] [--hours-per-period 24]
+                                           [--history-days 14] [--sequential]
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=300.0)
     parser.add_argument("--hours-per-period", type=float, default=24.0)
     parser.add_argument("--timesteps-per-hour", type=int, default=60)
+    parser.add_argument("--history-days", type=int, default=14,
+                        help="the building's own history backfilled first (the MPC's outlook learns from it)")
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--unpaired", action="store_true", help="run the schedule only, not its complement")
     parser.add_argument("--keep", action="store_true", help="keep the site databases (named in the output)")
@@ -59,10 +62,12 @@ def main() -> None:
 
     periods = round(args.days * 24 / args.hours_per_period)
     trial = Trial(first=FIRST, periods=periods, hours_per_period=args.hours_per_period, speed=args.speed,
-                  timesteps_per_hour=args.timesteps_per_hour, site_id="bench-trial", **RUN_A)
+                  timesteps_per_hour=args.timesteps_per_hour, history_days=args.history_days,
+                  site_id="bench-trial", **RUN_A)
     t0 = time.monotonic()
     model = exploration_model(trial)
-    print(f"model {model.version}: {model.metrics['holdout']} ({time.monotonic() - t0:.0f} s)", flush=True)
+    print(f"model {model.version} ({model.metrics['family']}): {model.metrics['holdout']}, multi-step MAE"
+          f" {model.metrics['multistep_mae']} ({time.monotonic() - t0:.0f} s)", flush=True)
     plan = schedule(trial)
     print("schedule:", " ".join(f"{p.start:%m-%d %H:%M} {p.arm}" for p in plan), flush=True)
     jobs = [(trial, plan, "a")]

@@ -5,8 +5,8 @@ the agent on the building's clock (`[clock]`), an ML period then a baseline peri
 Tampa's July, 06:00-12:00 on a Tuesday in two 3-hour periods after a 1.5-hour lead-in, at 900x with
 5-minute EnergyPlus steps; controllers on 127.0.0.160-164:47870 (port 47870: test_inference serves one
 device on 127.0.0.160:47808), the agent on 127.0.0.165:47962 (this file's block: 127.0.0.160-169).
-What it checks is the path, not the model: a small placeholder model is trained on three June days of the
-same building.
+What it checks is the path, not the model: a small model is trained on three June days of the same building,
+and two days of the building's own history are backfilled first, as a site has them, for the MPC's outlook.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.conftest import ADMIN_DSN
 TRIAL = Trial(first=datetime(2026, 7, 7, 6), periods=2, hours_per_period=3, lead_in_h=1.5, speed=900.0,
               timesteps_per_hour=12, poll_interval_s=300.0, ml_interval_s=900.0, site_id="ft-test",
               address_base="127.0.0.160", port=47870, agent_address="127.0.0.165/8:47962",
-              agent_device_id=3001962)
+              agent_device_id=3001962, history_days=2)
 ML_PRIORITY = 8
 
 
@@ -54,7 +54,7 @@ def test_the_clock_is_the_wall_clock_unless_a_simulation_sets_one() -> None:
 
 def test_a_switchback_runs_ml_over_bacnet_then_releases_it_and_scores_both_arms(broker, tmp_path):
     pytest.importorskip("pyenergyplus")
-    model = exploration_model(TRIAL, days=3)
+    model = exploration_model(TRIAL, days=3, families=("piecewise-ridge",))
     middle = TRIAL.start + timedelta(hours=3)
     ml, baseline = Period(TRIAL.start, middle, "ml"), Period(middle, TRIAL.end, "baseline")
     result = run_once(TRIAL, [ml, baseline], model, admin_dsn=ADMIN_DSN, mqtt_url=broker.url,
@@ -63,6 +63,11 @@ def test_a_switchback_runs_ml_over_bacnet_then_releases_it_and_scores_both_arms(
     try:
         with psycopg.connect(make_conninfo(ADMIN_DSN, dbname=result.database)) as conn:
             first, last = conn.execute("SELECT min(time), max(time) FROM sensor_readings").fetchone()
+            lead_in = TRIAL.start - timedelta(hours=TRIAL.lead_in_h)
+            polled_first = conn.execute("SELECT min(time) FROM sensor_readings WHERE time >= %s",
+                                        (lead_in,)).fetchone()[0]
+            outlooks = conn.execute("SELECT count(*) FROM inference_log WHERE detail LIKE 'outlook: %%days of"
+                                    " history, HVAC meter%%'").fetchone()[0]
             writes = conn.execute(
                 "SELECT l.at, c.value, c.priority, e.priority_array, e.value_read, c.point_id"
                 " FROM inference_log l"
@@ -78,8 +83,11 @@ def test_a_switchback_runs_ml_over_bacnet_then_releases_it_and_scores_both_arms(
     finally:
         drop_database(ADMIN_DSN, result.database)
 
-    # readings are stamped in building time (July), not the wall clock's (the database's now())
-    assert TRIAL.start - timedelta(hours=TRIAL.lead_in_h) <= first < TRIAL.start
+    # the site's own history before the trial (backfilled), then readings polled and stamped in building
+    # time (July), not the wall clock's (the database's now()); the MPC's outlook was learnt from them
+    assert first <= lead_in - timedelta(days=TRIAL.history_days) + timedelta(minutes=5)
+    assert lead_in <= polled_first < TRIAL.start
+    assert outlooks >= 15
     assert TRIAL.end <= last < TRIAL.end + timedelta(hours=1)
     assert last < datetime.now(UTC) - timedelta(days=30)
     assert result.coverage > 0.8

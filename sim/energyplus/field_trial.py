@@ -71,7 +71,8 @@ from bacpipes.settings import Settings, load_settings
 from models.ab import Period, PeriodResult, Verdict, complement, evaluate
 from models.features import build_features
 from models.policy import candidates
-from models.setpoint import export, train
+from models.setpoint import FAMILIES, export, select
+from sim.energyplus.backfill import backfill
 from sim.energyplus.engine import EnergyPlusBuilding, zone_key
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class Trial:
     # the edge guard (edge/guard.py) stands a model down at its first breach, which would end the ML arm:
     # off while a controller is measured, on to measure the guard
     guard: bool = False
+    # days of the building's own history backfilled before the lead-in, as a site has when ML is switched
+    # on: the MPC's outlook (occupancy by time of week, HVAC meter weights) is learnt from it
+    history_days: int = 0
 
     @property
     def tz(self) -> ZoneInfo:
@@ -201,19 +205,20 @@ def exploration_frames(trial: Trial, start: date = date(2026, 6, 1), days: int =
             for r in rows.values()]
 
 
-def exploration_model(trial: Trial, days: int = 14, workdir: Path | None = None) -> Model:
-    """Today's setpoint model (`models.setpoint`), trained on `days` of `exploration_frames`: the placeholder
-    until a better model lands; any `ModelMaker` can replace it."""
+def exploration_model(trial: Trial, days: int = 14, workdir: Path | None = None,
+                      families: Sequence[str] = tuple(FAMILIES)) -> Model:
+    """The setpoint model chosen as the nightly training flow chooses it (`models.setpoint.select`: every
+    family, least multi-step error among the physical ones), trained on `days` of `exploration_frames`."""
     frames = exploration_frames(trial, days=days, every_s=trial.ml_interval_s)
-    features = pl.concat([build_features(f, trial.timezone) for f in frames])
-    trained = train(features)
+    trained = select([build_features(f, trial.timezone) for f in frames], trial.ml_interval_s, families)
     path = (workdir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"field-trial-{uuid.uuid4().hex[:8]}.onnx"
     try:
         export(trained, path, version="field-trial-explore", created_by="sim.energyplus.field_trial")
         data = path.read_bytes()
     finally:
         path.unlink(missing_ok=True)
-    return Model("field-trial-explore", data, {"holdout": trained.metrics, "window": trained.window})
+    return Model("field-trial-explore", data, {"family": trained.family, "holdout": trained.metrics,
+                                               "multistep_mae": trained.multistep, "window": trained.window})
 
 
 # --- the building, in its own process ------------------------------------------------------------
@@ -540,6 +545,12 @@ def run_once(trial: Trial, periods: Sequence[Period], model: Model, *, admin_dsn
         addresses = [address for _, address, _ in described]
         config = write_toml(workdir / f"site-{tag}.toml",
                             site_sections(trial, dsn, mqtt_url, workdir, site_id, addresses))
+        if trial.history_days:  # before discovery, which then moves the devices to the served addresses
+            history = backfill(load_settings(config), trial.history_days, trial.building, trial.weather,
+                               interval_s=trial.poll_interval_s,
+                               end=trial.start - timedelta(hours=trial.lead_in_h))
+            progress(f"[{tag}] {history.rows} readings of {trial.history_days} days' history backfilled "
+                     f"({history.seconds:.0f} s)")
         discover = _cli("edge", "discover", "--config", str(config), log_file=agent_log)
         if discover.wait(120) != 0:
             raise RuntimeError(f"discovery failed:\n{_tail(agent_log)}")
