@@ -5,58 +5,33 @@ priority array holds the value. Screenshots go to the test's output folder."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from bacpipes.cli.servers import free_port
 from bacpipes.users import add_user
 from edge.writes import slot_value
 from sim.server import ThreadedBuilding
+from tests.browser import chromium, logged_in, serve_ui
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, ready_agent
 
 BASE = "127.0.0.170"
 AGENT = "127.0.0.106/8:47906"
 SETPOINT = "analog-value,1"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture
 def served_app(db_dsn: str, tmp_path: Path) -> Iterator[str]:
-    """`bacpipes ui` as a user starts it, on a free loopback port; its URL once Streamlit is healthy."""
     config = tmp_path / "site.toml"
     config.write_text(f'[database]\ndsn = "{db_dsn}"\n[polling]\ndefault_interval_s = 2\n'
                       '[ui]\nlive_refresh_s = 2\nwrite_wait_s = 15\n')
-    port = free_port()
-    log = (tmp_path / "ui.log").open("w")
-    app = subprocess.Popen([sys.executable, "-m", "bacpipes.cli", "ui", "--config", str(config),
-                            "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
-                time.sleep(0.3)
+    with serve_ui(config, tmp_path / "ui.log") as url:
         yield url
-    finally:
-        app.terminate()
-        app.wait(20)
-        log.close()
 
 
 def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_dsn, broker, tmp_path,
@@ -74,14 +49,8 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
                 "SELECT point_id, coalesce(dis, object_name) FROM point WHERE device_id = 1001"
                 " AND object_type = 'analog-value' AND object_instance = 1").fetchone()
             published = conn.execute("SELECT count(*) FROM point WHERE publish").fetchone()[0]
-        with ready_agent(settings), sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(served_app)
-            page.get_by_role("textbox", name="User").fill("olivia")
-            page.get_by_role("textbox", name="Password").fill("operator-pass")
-            page.get_by_role("button", name="Log in").click()
-            expect(page.get_by_text("Logged in as")).to_be_visible(timeout=20_000)
+        with ready_agent(settings), chromium() as browser:
+            page = logged_in(browser, served_app, "olivia", "operator-pass")
 
             page.get_by_role("link", name="Live").click()
             # every published point, refreshed by the fragment until the agent's readings are in
@@ -110,7 +79,6 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
             expect(page.get_by_text("Completed: the device reads back 21.5")).to_be_visible(timeout=30_000)
             expect(page.get_by_text("Confirm: write")).to_have_count(0)
             page.screenshot(path=shots / "write.png", full_page=True)
-            browser.close()
 
         priority_array = [slot_value(s) for s in building.object_property(1001, SETPOINT, "priorityArray")]
     assert priority_array[7] == 21.5  # priority 8, the app's default
