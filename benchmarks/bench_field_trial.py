@@ -15,7 +15,7 @@ faithful the run was: wall time per building day, readings over poll slots (cove
 under 1 or with expired writes was too fast for this machine: lower --speed.
 
     python -m benchmarks.bench_field_trial [--days 14] [--speed 300] [--hours-per-period 24]
-                                           [--history-days 14] [--sequential]
+                                           [--history-days 14] [--exploration-days 28] [--sequential]
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--timesteps-per-hour", type=int, default=60)
     parser.add_argument("--history-days", type=int, default=14,
                         help="the building's own history backfilled first (the MPC's outlook learns from it)")
+    parser.add_argument("--exploration-days", type=int, default=28,
+                        help="June days with random setpoints the model is trained on (the closed loop's 28)")
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--unpaired", action="store_true", help="run the schedule only, not its complement")
     parser.add_argument("--keep", action="store_true", help="keep the site databases (named in the output)")
@@ -65,7 +67,7 @@ def main() -> None:
                   timesteps_per_hour=args.timesteps_per_hour, history_days=args.history_days,
                   site_id="bench-trial", **RUN_A)
     t0 = time.monotonic()
-    model = exploration_model(trial)
+    model = exploration_model(trial, days=args.exploration_days)
     print(f"model {model.version} ({model.metrics['family']}): {model.metrics['holdout']}, multi-step MAE"
           f" {model.metrics['multistep_mae']} ({time.monotonic() - t0:.0f} s)", flush=True)
     plan = schedule(trial)

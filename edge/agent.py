@@ -37,7 +37,7 @@ from edge.spool import SpoolMessage
 log = logging.getLogger(__name__)
 
 _STATE_FLUSH_S = 5.0
-_INFERENCE_RETRY_S = 60.0  # after a failed inference round
+_INFERENCE_RETRY_S = 60.0  # after a failed inference round, or one still waiting for inputs
 
 # Polling health only: value, quality and time belong to the ingester, which writes them from the
 # readings that actually reached the database. A failed read marks the point bad until the next reading.
@@ -215,14 +215,17 @@ class EdgeAgent:
                 last_health = time.time()
 
     async def _inference(self, inference: EdgeInference) -> None:
-        """Every ml.interval_s; a failing round is logged and tried again within a minute, not a whole
-        interval later (a database restart should not cost the building 15 minutes of control)."""
+        """Every ml.interval_s; a failing round, or one whose zones all still wait for inputs (an agent just
+        started), is tried again within a minute, not a whole interval later (a database restart should
+        not cost the building 15 minutes of control)."""
         while not self.stop_event.is_set():
             wait, started = self.settings.ml.interval_s, self.clock.time()
             try:
-                await asyncio.to_thread(inference.step, self.clock.now(UTC))
+                decisions = await asyncio.to_thread(inference.step, self.clock.now(UTC))
                 if self.clock is not WALL:  # simulated time: a round's own duration is building minutes
                     wait = max(0.0, wait - (self.clock.time() - started))
+                if decisions and all(d.waiting for d in decisions):
+                    wait = min(wait, _INFERENCE_RETRY_S)
             except Exception:
                 log.exception("inference round failed; no write was made")
                 wait = min(wait, _INFERENCE_RETRY_S)

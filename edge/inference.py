@@ -90,6 +90,7 @@ class Decision:
     command_id: Any = None
     detail: str | None = None
     step_back: bool = False  # no one expected over the horizon: the building's own schedule (its setback)
+    waiting: bool = False  # inputs not there yet (an agent just started): worth another try within a minute
 
 
 @dataclass
@@ -146,13 +147,18 @@ class EdgeInference:
             decision.detail = "the setpoint has no ML limits"
             return decision
         every = timedelta(seconds=ml.interval_s)
-        frame = zone_frame(zone, now - 3 * every, now, every, self.settings, conn)
+        window = max(3 * every, timedelta(seconds=ml.stale_after_s) + every)  # a row and its lag
+        frame = zone_frame(zone, now - window, now, every, self.settings, conn)
         if frame.is_empty() or (now - frame["time"].max()).total_seconds() > ml.stale_after_s:
-            decision.detail = "stale or missing inputs"
+            decision.detail, decision.waiting = "stale or missing inputs", True
             return decision
+        # a reading holds until the next one, as on the controller, within the window (stale_after_s): an
+        # interval with no reading of a role (a slower point; the minutes between a site's history and its
+        # agent's first polls) takes the last one, so the newest row has its lag
+        frame = frame.upsample("time", every=every).fill_null(strategy="forward")
         features = build_features(frame, self.settings.site.timezone, with_targets=False).tail(1)
         if features.is_empty():
-            decision.detail = "incomplete inputs"
+            decision.detail, decision.waiting = "incomplete inputs", True
             return decision
         # the receding-horizon policy (models.mpc): trajectories within the ML limits and step from the
         # present setpoint (what the executor would accept); only the first move is written. With an

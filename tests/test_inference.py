@@ -190,6 +190,23 @@ def test_stale_inputs_make_no_decision_and_no_write(db_dsn: str, site: Settings,
     assert rows(site.database.dsn, "SELECT detail FROM inference_log") == [("stale or missing inputs",)]
 
 
+def test_the_first_round_after_a_gap_decides_on_held_inputs(site: Settings, onnx_model: bytes) -> None:
+    """History to NOW, then the agent's first polls 22 minutes later (a site's history backfilled, then the
+    set-up before its agent runs): with 5-minute rounds the last three intervals hold only the partial
+    live one; the readings before the gap hold (within stale_after_s) and give it its lag."""
+    settings = site.model_copy(update={"ml": site.ml.model_copy(update={"interval_s": 300.0})})
+    deploy(site.database.dsn, onnx_model, "1", "shadow")
+    with psycopg.connect(site.database.dsn) as conn, conn.cursor().copy(
+            "COPY sensor_readings (time, site_id, point_id, value) FROM STDIN") as copy:
+        for pid, value in VALUES.items():
+            copy.write_row((NOW + timedelta(minutes=22), "s1", pid, value))
+    [decision] = EdgeInference(settings).step(NOW + timedelta(minutes=23))
+    assert 22.0 <= decision.setpoint <= 26.0 and not decision.waiting, decision.detail
+    # with nothing recent at all the round waits for inputs, and the agent tries again within a minute
+    [later] = EdgeInference(settings).step(NOW + timedelta(hours=3))
+    assert later.setpoint is None and later.waiting and later.detail == "stale or missing inputs"
+
+
 def test_no_model_no_write(site: Settings, tmp_path: Path) -> None:
     [decision] = EdgeInference(site).step(NOW)
     assert decision.detail == "no model deployed"
