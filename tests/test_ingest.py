@@ -182,12 +182,13 @@ def test_every_reading_lands_once_with_rollup_and_state(db_dsn, broker, tmp_path
     with ingesting(make_settings(db_dsn, broker.url, tmp_path)) as ingester:
         publisher.send([*singles, (batch_topic(SITE, EQUIP), batch_payload(batch)), foreign, older])
         expected = len(singles) + len(batch) + 2
-        assert wait_rows(db_dsn, expected, 20) == expected
+        # a deadline, not a speed claim: a loaded CI machine once took over 20 s for these 1,602 rows
+        assert wait_rows(db_dsn, expected, 90) == expected
         # redelivery and republishing: the same (point, time) again, even with another value
         publisher.send([*singles[:500], (batch_topic(SITE, EQUIP), batch_payload(batch))])
         publisher.send([(topic_of(pids[0]), reading(pids[0], t0, 123.0).payload())])
         publisher.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while ingester.stats()["duplicates"] < 501 + len(batch) and time.monotonic() < deadline:
             time.sleep(0.05)
         stats = ingester.stats()
