@@ -26,7 +26,7 @@ from bacpipes.zones import find_zones, site_hourly, zone_frame
 from central.ab import publish_schedule, published, score
 from central.alerts import deliver, raise_alert
 from central.baselines import store_baseline
-from central.registry import deploy, register, rollback
+from central.registry import deploy, record_closed_loop, register, rollback
 from models.ab import Period, PeriodResult, evaluate, switchback
 from models.baseline import fit_baseline
 from models.features import build_features
@@ -161,22 +161,39 @@ def ab_flow(config: str | None = None, start: datetime | None = None, days: int 
 
 
 @flow(name="closed-loop")
-def closed_loop_flow(days: float = 14, zones: int = 3, seed: int = 11,
-                     building: str = "rc") -> dict[str, Any]:
+def closed_loop_flow(days: float = 14, zones: int = 3, seed: int = 11, building: str = "rc",
+                     config: str | None = None) -> dict[str, Any]:
     """Baseline vs the exported model on two identical virtual buildings (see sim.closed_loop); with
     building="energyplus", the medium office in Tampa under the schedule, a fixed 24.5 °C, the one-step
-    policy and the MPC, with the switchback A/B (sim.energyplus.closed_loop; `zones` is the building's)."""
+    policy and the MPC, with the switchback A/B (sim.energyplus.closed_loop; `zones` is the building's),
+    and with a `config` the evaluated model registered with the KPIs it achieved on its card."""
     if building == "energyplus":
         from sim.energyplus.closed_loop import evaluate_controllers  # needs pyenergyplus
 
         evaluation = evaluate_controllers(days=int(days), seed=seed)
         get_run_logger().info("EnergyPlus closed loop over %g days:\n%s\n%s", days, evaluation.models(),
                               evaluation.table())
-        return {**evaluation.to_dict(), "summary": evaluation.table()}
+        result = {**evaluation.to_dict(), "summary": evaluation.table()}
+        if config is not None:
+            result["registered"] = register_evaluated(load_settings(config), evaluation)
+        return result
     report = closed_loop(days=days, zones=zones, seed=seed)
     get_run_logger().info("closed loop over %g days: %s", days, report.summary())
     return {"savings": report.savings, "baseline": report.baseline.__dict__, "ml": report.ml.__dict__,
             "summary": report.summary()}
+
+
+def register_evaluated(settings: Settings, evaluation: Any, version: str | None = None) -> str:
+    """The model a closed loop evaluated, exported, registered and its KPIs recorded on its card, so the
+    registry says what it achieved (not deployed: a person decides that). Returns its version."""
+    version = version or f"closed-loop-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    path = Path(settings.ml.models_dir) / f"{settings.ml.model}-{version}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export(evaluation.trained, path, version, created_by="flow:closed-loop")
+    with psycopg.connect(settings.database.dsn) as conn:
+        register(conn, settings.ml.model, version, path, "flow:closed-loop")
+        record_closed_loop(conn, settings.ml.model, version, evaluation.card_kpis(), "flow:closed-loop")
+    return version
 
 
 @flow(name="ab-plan")

@@ -4,21 +4,27 @@ the outlook the edge learns (`models.outlook`)."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 
 import polars as pl
+import psycopg
 import pytest
 
+from bacpipes.settings import load_settings
+from flows.ml import register_evaluated
+from models.ab import Period, PeriodResult, evaluate
 from models.outlook import Outlook
 from sim.energyplus.closed_loop import (
     EVERY_S,
     OCCUPIED_BELOW,
+    Evaluation,
     explore_and_train,
     mpc,
     occupied_at,
     run,
     schedule,
 )
+from streamlit_app.queries import model_cards
 
 pytest.importorskip("pyenergyplus")
 LIMITS, BAND = (22.0, 26.0), (22.0, 25.0)
@@ -80,3 +86,31 @@ def test_the_mpc_keeps_comfort_and_its_setpoints_within_the_limits_and_step(runs
     # energy: reported, not asserted (over the 14 July days the MPC does not beat the schedule; see the
     # module docstring of sim.energyplus.closed_loop and the issue note)
     assert ml.hvac_kwh > 0
+
+
+def test_the_evaluated_model_is_registered_with_the_kpis_it_achieved(runs: dict, db_dsn: str,
+                                                                     tmp_path) -> None:
+    """The closed-loop flow's last step (`flows.ml.register_evaluated`): the model's card on the Models page
+    then shows what it achieved against the schedule, and how that was measured."""
+    days = [START + timedelta(days=k) for k in range(DAYS)]
+    base = runs["schedule"].day_hvac_kwh
+
+    def day(d: date, arm: str) -> Period:
+        return Period(datetime.combine(d, time()), datetime.combine(d, time()) + timedelta(days=1), arm)
+
+    results = [PeriodResult(day(d, arm), runs[name].day_hvac_kwh[d] / base[d], 0.0)
+               for d in days for arm, name in (("ml", "mpc"), ("baseline", "schedule"))]
+    kpis = {n: runs[n].kpis for n in ("schedule", "mpc")}
+    explored = (date(2025, 6, 2), 5)
+    evaluation = Evaluation(kpis, evaluate(results), runs["trained"], BAND, DAYS, START, explored)
+    settings = load_settings(None, database={"dsn": db_dsn}, ml={"models_dir": str(tmp_path)})
+    version = register_evaluated(settings, evaluation, version="closed-loop-test")
+    with psycopg.connect(db_dsn) as conn:
+        [card] = [c for name, v, c in model_cards(conn) if (name, v) == ("setpoint", version)]
+    measured = card.closed_loop
+    assert set(measured.controllers) == {"schedule", "mpc"}
+    assert measured.controllers["mpc"]["hvac_kwh"] == pytest.approx(runs["mpc"].kpis.hvac_kwh)
+    assert measured.savings_pct == pytest.approx(100 * evaluation.verdict.savings)  # the A/B module's
+    assert measured.interval_pct == pytest.approx(tuple(100 * c for c in evaluation.verdict.ci))
+    assert measured.savings_of == "HVAC electricity" and "EnergyPlus medium office" in measured.method
+    assert card.family == runs["trained"].family and (tmp_path / f"setpoint-{version}.onnx").exists()

@@ -352,6 +352,23 @@ class Evaluation:
         lines.append(f"chosen: {self.trained.family}")
         return "\n".join(lines)
 
+    def card_kpis(self) -> dict:
+        """What the model's card records (`central.registry.record_closed_loop`, `models.card.KPIS`): every
+        controller's KPIs, and the A/B module's savings of the MPC against the schedule."""
+        def card(k: Kpis) -> dict[str, float]:
+            return {"hvac_kwh": k.hvac_kwh, "site_kwh": k.elec_kwh, "peak_kw": k.peak_kw,
+                    "discomfort_kh": k.discomfort_kh_per_zone, "humid_zone_hours": k.humid_zone_hours,
+                    "setpoint_changes": k.changes_per_zone_day}
+
+        low, high = self.verdict.ci
+        return {"controllers": {name: card(k) for name, k in self.kpis.items()},
+                "savings_pct": 100 * self.verdict.savings, "savings_interval_pct": [100 * low, 100 * high],
+                "savings_of": "HVAC electricity", "model_arm": "mpc", "baseline_arm": "schedule",
+                "method": (f"EnergyPlus medium office, Tampa TMY, {self.days} days from {self.start} at the"
+                           " physics level (sim.energyplus.closed_loop); discomfort K·h per zone in occupied"
+                           f" hours outside {self.comfort_band[0]:g}-{self.comfort_band[1]:g} °C; savings:"
+                           " daily switchback in both orders")}
+
     def to_dict(self) -> dict:
         return {"kpis": {n: asdict(k) for n, k in self.kpis.items()},
                 "savings": {n: self.savings(n) for n in self.kpis},
