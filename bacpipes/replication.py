@@ -2,10 +2,14 @@
 
 Site -> central: `sensor_readings` (inserts only, through the partition root, so site retention's
 DROP PARTITION never reaches central) and the small tables (device, point, command_events,
-site_heartbeat). Central -> site: `write_commands` rows for that site only (a row filter). No table is
-published both ways, so nothing loops. A site publishes only rows with its own site_id (row filters), and
-central drops any other row arriving on that site's subscriptions (`sql/015_site_guard.sql`): a
-compromised or misconfigured site cannot write another site's readings or heartbeat into central.
+site_heartbeat, the commands made at the site, ...). Central -> site: `write_commands` made on central for
+that site (a row filter). A command travels only away from the database it was made in (`arrived =
+'local'` in both directions' row filters; a replicated row arrives as 'replication', sql/021), so no row
+loops although write_commands is published both ways. A site publishes only rows with its own site_id
+(row filters), and central drops any other row arriving on that site's subscriptions
+(`sql/015_site_guard.sql`): a compromised or misconfigured site cannot write another site's readings,
+heartbeat or commands into central. Central keeps each site's current values (point_state) from the
+readings it applies (sql/021), so nothing more is sent for them.
 Every connection is TLS 1.3 with a client certificate, checked by name (`sslmode=verify-full`); the
 roles may replicate and read only what they replicate.
 
@@ -36,8 +40,10 @@ from bacpipes.settings import Settings
 READINGS_PUBLICATION = "bacpipes_readings"
 META_PUBLICATION = "bacpipes_meta"
 META_TABLES = ("device", "point", "command_events", "site_heartbeat", "inference_log", "data_source",
-               "readings_hourly", "model_guard_trips")
+               "readings_hourly", "model_guard_trips", "write_commands")
 CENTRAL_TABLES = ("write_commands", "model_deployments", "ab_schedule")  # central -> site, per site
+# published both ways: only the rows made where they are published from (sql/021_central_view.sql)
+MADE_HERE = {"write_commands": "arrived = 'local'"}
 CENTRAL_ROLE = "bacpipes_central"  # how central logs in to every site
 COMMANDS_SUBSCRIPTION = "bacpipes_commands"  # the site's subscription to central
 
@@ -165,9 +171,13 @@ def _has(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool
 
 
 def own_rows(site_id: str, tables: tuple[str, ...]) -> sql.Composable:
-    """`t1 WHERE (site_id = 'x'), t2 WHERE …`: a site publishes its own rows only."""
+    """`t1 WHERE (site_id = 'x'), t2 WHERE …`: a site publishes its own rows only, and a table published
+    both ways only the rows made on this end (`MADE_HERE`), so none comes back to where it was made."""
     return sql.SQL(", ").join(
-        sql.SQL("{} WHERE (site_id = {})").format(sql.Identifier(t), sql.Literal(site_id)) for t in tables
+        sql.SQL("{} WHERE (site_id = {}{})").format(
+            sql.Identifier(t), sql.Literal(site_id),
+            sql.SQL(f" AND {MADE_HERE[t]}" if t in MADE_HERE else ""))
+        for t in tables
     )
 
 
@@ -311,9 +321,10 @@ def resync(site: Settings, central: Settings) -> list[str]:
     Not a full copy: with T = central's newest reading from the site, the readings publication is
     narrowed to `time > T` and a new subscription copies exactly those rows and streams on from its new
     slot; rows at or before T that central lacks (committed late, after the stream broke) are
-    backfilled directly, skipping what central has. The small tables are copied afresh (central's
-    replica triggers absorb the rows it already holds). A reading older than T that reaches the site
-    after the resync is not replicated.
+    backfilled directly, skipping what central has, and central's current values take in what the
+    backfill brought. The small tables (the site's commands and their events too) are copied afresh:
+    central's replica triggers absorb the rows it already holds. A reading older than T that reaches
+    the site after the resync is not replicated.
     """
     say = Steps()
     site_id = site.site.id
@@ -358,7 +369,18 @@ def _backfill(s: psycopg.Connection, c: psycopg.Connection, site_id: str, after:
                 target.write(chunk)
         cur = c.execute(f"INSERT INTO sensor_readings ({columns}) SELECT {columns} FROM resync_stage"
                         " ON CONFLICT DO NOTHING")
+        c.execute(STATE_FROM_STAGE)  # central's own insert: the replica trigger that keeps it did not fire
         return cur.rowcount
+
+
+STATE_FROM_STAGE = """
+INSERT INTO point_state AS s (site_id, point_id, value, quality, time)
+SELECT DISTINCT ON (point_id) site_id, point_id, value, quality, time FROM resync_stage
+ORDER BY point_id, time DESC
+ON CONFLICT (site_id, point_id) DO UPDATE SET value = EXCLUDED.value, quality = EXCLUDED.quality,
+    time = EXCLUDED.time
+WHERE s.time IS NULL OR s.time < EXCLUDED.time
+"""
 
 
 # --- central side --------------------------------------------------------------------------------
