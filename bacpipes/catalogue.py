@@ -48,6 +48,12 @@ class DiscoveredPoint:
     device_max_value: float | None = None
     resolution: float | None = None
     cov_increment: float | None = None
+    # what operators read instead of the number: a multi-state object's state-text (state N is the Nth), a
+    # binary object's inactive-text / active-text; and the value a commandable object relinquishes to
+    state_text: list[str] | None = None
+    inactive_text: str | None = None
+    active_text: str | None = None
+    relinquish_default: float | None = None
 
 
 @dataclass
@@ -76,13 +82,16 @@ ON CONFLICT (site_id, device_id) DO UPDATE SET
 _UPSERT_POINT = """
 INSERT INTO point AS p (site_id, device_id, object_type, object_instance, object_name, description,
                         units, writable, commandable, device_min_value, device_max_value, resolution,
-                        cov_increment, auto_tags, last_seen, missing_since)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL)
+                        cov_increment, state_text, inactive_text, active_text, relinquish_default,
+                        auto_tags, last_seen, missing_since)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL)
 ON CONFLICT (site_id, device_id, object_type, object_instance) DO UPDATE SET
     object_name = EXCLUDED.object_name, description = EXCLUDED.description, units = EXCLUDED.units,
     writable = EXCLUDED.writable, commandable = EXCLUDED.commandable,
     device_min_value = EXCLUDED.device_min_value, device_max_value = EXCLUDED.device_max_value,
     resolution = EXCLUDED.resolution, cov_increment = EXCLUDED.cov_increment,
+    state_text = EXCLUDED.state_text, inactive_text = EXCLUDED.inactive_text,
+    active_text = EXCLUDED.active_text, relinquish_default = EXCLUDED.relinquish_default,
     auto_tags = EXCLUDED.auto_tags, last_seen = now(), missing_since = NULL
 RETURNING (xmax = 0) AS inserted
 """
@@ -129,6 +138,10 @@ def record_discovery(
                     p.device_max_value,
                     p.resolution,
                     p.cov_increment,
+                    p.state_text,
+                    p.inactive_text,
+                    p.active_text,
+                    p.relinquish_default,
                     Jsonb(
                         auto_tags(
                             site_id,

@@ -22,6 +22,7 @@ from bacpipes.catalogue import (
     record_discovery,
 )
 from bacpipes.settings import Settings
+from bacpipes.units import BINARY_TYPES, MULTI_STATE_TYPES
 from edge.bacnet import (
     BacnetClient,
     BacnetError,
@@ -41,6 +42,14 @@ _OBJECT_PROPS = ("object-name", "description", "units", "priority-array")
 _ANALOG_PROPS = ("min-pres-value", "max-pres-value", "resolution", "cov-increment")
 # encoded size of one object's answer to _OBJECT_PROPS + _ANALOG_PROPS (names, a 16-slot priority array)
 _OBJECT_ANSWER_BYTES = 190
+# what operators read a state by (all optional in the standard: a device without them still discovers)
+_TEXT_PROPS = {
+    "multi-state": ("state-text",),
+    "binary": ("inactive-text", "active-text"),
+    "relinquish": ("relinquish-default",),
+}
+# a state-text array of a dozen names; the two texts of a binary object; a relinquish default
+_TEXT_ANSWER_BYTES = {"multi-state": 260, "binary": 60, "relinquish": 20}
 
 
 @dataclass
@@ -92,6 +101,7 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
     analog = [o for o in objects if _type_name(o) in _ANALOG_TYPES]
     for oid, limits in (await _read_props(client, peer, analog, _ANALOG_PROPS)).items():
         details.setdefault(oid, {}).update(limits)
+    await _read_state_context(client, peer, objects, details)
     for oid in objects:
         attrs = details.get(oid, {})
         object_type = _type_name(oid)
@@ -109,9 +119,38 @@ async def read_device(client: BacnetClient, peer: PeerInfo) -> DiscoveredDevice:
                 device_max_value=_number(attrs.get("max-pres-value")),
                 resolution=_number(attrs.get("resolution")),
                 cov_increment=_number(attrs.get("cov-increment")),
+                state_text=_texts(attrs.get("state-text")),
+                inactive_text=_text(attrs.get("inactive-text")),
+                active_text=_text(attrs.get("active-text")),
+                relinquish_default=_number(attrs.get("relinquish-default")),
             )
         )
     return device
+
+
+async def _read_state_context(
+    client: BacnetClient,
+    peer: PeerInfo,
+    objects: list[ObjectIdentifier],
+    details: dict[ObjectIdentifier, dict[str, Any]],
+) -> None:
+    """State texts of multi-state and binary objects, and the relinquish default of commandable ones, into
+    `details`: what the Live and Commands pages show instead of bare numbers. Separate requests so that the
+    objects' own properties are read the same way whether or not a device has these. Optional: a device
+    that fails these reads (e.g. a state-text array too long for its APDU) is discovered without them."""
+    groups = {
+        "multi-state": [o for o in objects if _type_name(o) in MULTI_STATE_TYPES],
+        "binary": [o for o in objects if _type_name(o) in BINARY_TYPES],
+        "relinquish": [o for o in objects if _is_priority_array(details.get(o, {}).get("priority-array"))],
+    }
+    for kind, group in groups.items():
+        try:
+            found = await _read_props(client, peer, group, _TEXT_PROPS[kind], _TEXT_ANSWER_BYTES[kind])
+        except BacnetError as exc:
+            log.warning("device %s at %s: %s not read: %s", peer.device_id, peer.address, kind, exc)
+            continue
+        for oid, values in found.items():
+            details.setdefault(oid, {}).update(values)
 
 
 async def discover(client: BacnetClient, settings: Settings) -> DiscoveryReport:
@@ -146,11 +185,16 @@ async def _read_device_safely(client: BacnetClient, peer: PeerInfo) -> Discovere
 
 
 async def _read_props(
-    client: BacnetClient, peer: PeerInfo, objects: list[ObjectIdentifier], props: tuple[str, ...]
+    client: BacnetClient,
+    peer: PeerInfo,
+    objects: list[ObjectIdentifier],
+    props: tuple[str, ...],
+    answer_bytes: int = _OBJECT_ANSWER_BYTES,
 ) -> dict[ObjectIdentifier, dict[str, Any]]:
-    """RPM in APDU-sized batches; per-object ReadProperty for a device that refuses RPM."""
+    """RPM in APDU-sized batches (`answer_bytes`: one object's answer); per-object ReadProperty for a device
+    that refuses RPM."""
     out: dict[ObjectIdentifier, dict[str, Any]] = {}
-    batch = rpm_batch_size(peer.max_apdu, _OBJECT_ANSWER_BYTES)
+    batch = rpm_batch_size(peer.max_apdu, answer_bytes)
     for start in range(0, len(objects), batch):
         chunk = objects[start : start + batch]
         try:
@@ -196,6 +240,17 @@ def _text(value: Any) -> str | None:
     if value is None or isinstance(value, BacnetError):
         return None
     return str(value)
+
+
+def _texts(value: Any) -> list[str] | None:
+    """A state-text array as a list of names; None when the device has none or sent something else."""
+    if value is None or isinstance(value, (BacnetError, str, bytes)):
+        return None
+    try:
+        names = [str(v) for v in value]
+    except TypeError:
+        return None
+    return names or None
 
 
 def _number(value: Any) -> float | None:

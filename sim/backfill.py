@@ -229,6 +229,10 @@ def discovered_device(dev: SimDevice) -> DiscoveredDevice:
                 units=_text(getattr(obj, "units", None)),
                 commandable=commandable,
                 writable=is_writable(otype, commandable),
+                state_text=[str(t) for t in obj.stateText] if getattr(obj, "stateText", None) else None,
+                inactive_text=_text(getattr(obj, "inactiveText", None)),
+                active_text=_text(getattr(obj, "activeText", None)),
+                relinquish_default=_number(getattr(obj, "relinquishDefault", None)) if commandable else None,
             )
         )
     return found
@@ -236,6 +240,11 @@ def discovered_device(dev: SimDevice) -> DiscoveredDevice:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    """A relinquish default as discovery stores it (a binary object's inactive/active as 0/1)."""
+    return None if value is None else float(value)
 
 
 # --- time ----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Device k (0-based) is instance 1001+k and controls AHU k+1 / zone k+1; device 1001 also carries
 the plant and the site meter, as a plant controller would. Names follow the BMS habit of
 ``AHU1-ZN-T`` so the edge's tagging has something realistic to parse. Every fourth controller
-is a "legacy" one (480-byte APDUs, no segmentation) so the edge's batch sizing is exercised.
+is a "legacy" one (480-byte APDUs, no segmentation, no state texts) so the edge's batch sizing, and
+points without state texts, are exercised.
 
 Values move in one direction per object: measurements flow from the physics into the objects on
 each tick (``refresh``); commands flow from the objects' present values into the physics inputs
@@ -225,6 +226,10 @@ class SimDevice:
 
     def _add_commandables(self) -> None:
         p = self.prefix
+        # state texts are optional in BACnet: the legacy controllers have none, as many old ones do
+        def texts(inactive: str, active: str) -> dict[str, str]:
+            return {} if self.legacy else {"inactiveText": inactive, "activeText": active}
+
         self.cooling_sp = SimAnalogValue(
             objectIdentifier=("analog-value", 1),
             objectName=f"{p}-ZN-CLG-SP",
@@ -269,8 +274,7 @@ class SimDevice:
             objectName=f"{p}-SF-S",
             description="Supply fan run status",
             presentValue="inactive",
-            inactiveText="Off",
-            activeText="On",
+            **texts("Off", "On"),
             polarity="normal",
             eventState="normal",
             outOfService=False,
@@ -281,8 +285,7 @@ class SimDevice:
             description="Occupancy override: active forces occupied mode",
             presentValue="inactive",
             relinquishDefault="inactive",
-            inactiveText="Schedule",
-            activeText="Occupied",
+            **texts("Schedule", "Occupied"),
             eventState="normal",
             outOfService=False,
         )
@@ -293,7 +296,7 @@ class SimDevice:
             presentValue=int(AhuMode.AUTO),
             relinquishDefault=int(AhuMode.AUTO),
             numberOfStates=len(MODE_STATES),
-            stateText=list(MODE_STATES),
+            **({} if self.legacy else {"stateText": list(MODE_STATES)}),
             eventState="normal",
             outOfService=False,
         )

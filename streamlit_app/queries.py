@@ -7,13 +7,14 @@ Pages call these and only render; the write paths go through `bacpipes` (command
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import polars as pl
 import psycopg
 
+from bacpipes.errors import UserError
 from bacpipes.readings import load_readings
 from bacpipes.replication import agent_silent, site_slots
 from bacpipes.settings import Settings
@@ -67,12 +68,13 @@ def open_alerts(conn: psycopg.Connection, sites: list[str]) -> pd.DataFrame:
 # --- Live ---------------------------------------------------------------------------------------------
 
 def live(conn: psycopg.Connection, site: str, default_interval_s: float) -> pd.DataFrame:
-    """Every present point with its latest state (point_state: one row per point, no scan of readings)."""
+    """Every present point with its latest state (point_state: one row per point, no scan of readings; on
+    central kept from the replicated readings, sql/021_central_view.sql)."""
     return frame(conn, """
         SELECT p.point_id, split_part(p.topic, '/', 2) AS equipment, p.object_name, p.dis, s.value,
                p.units, s.quality, s.time, extract(epoch FROM now() - s.time) AS age_s,
                coalesce(p.interval_s, %(interval)s) AS interval_s, p.auto_tags || p.user_tags AS tags,
-               s.last_error
+               s.last_error, p.object_type, p.state_text, p.inactive_text, p.active_text
         FROM point p LEFT JOIN point_state s USING (site_id, point_id)
         WHERE p.site_id = %(site)s AND p.missing_since IS NULL AND p.publish
         ORDER BY equipment, p.object_name""", {"site": site, "interval": default_interval_s})
@@ -81,8 +83,11 @@ def live(conn: psycopg.Connection, site: str, default_interval_s: float) -> pd.D
 # --- Trends -------------------------------------------------------------------------------------------
 
 def point_choices(conn: psycopg.Connection, site: str, writable_only: bool = False) -> pd.DataFrame:
+    """Points to pick, with what a chart or a write form needs of each: units, limits, state texts."""
     return frame(conn, "SELECT point_id, coalesce(dis, object_name) AS label, object_name, units, writable,"
-                       " commandable, object_type FROM point WHERE site_id = %s AND missing_since IS NULL"
+                       " commandable, object_type, min_value, max_value, device_min_value, device_max_value,"
+                       " ml_min_value, ml_max_value, state_text, inactive_text, active_text,"
+                       " relinquish_default FROM point WHERE site_id = %s AND missing_since IS NULL"
                        " AND (NOT %s OR writable) ORDER BY label", (site, writable_only))
 
 
@@ -93,6 +98,32 @@ def trend(conn: psycopg.Connection, settings: Settings, site: str, points: list[
     data = load_readings(points, start, end, every="1h" if hourly else None, settings=settings,
                          site_id=site, conn=conn)
     return data, "hourly averages" if hourly else "raw readings"
+
+
+def trend_sets(conn: psycopg.Connection, username: str, site: str) -> pd.DataFrame:
+    """The user's saved trend sets at this site, by name."""
+    return frame(conn, "SELECT name, point_ids, span, first_day, last_day, saved_at FROM app_trend_sets"
+                       " WHERE username = %s AND site_id = %s ORDER BY name", (username, site))
+
+
+def save_trend_set(conn: psycopg.Connection, username: str, site: str, name: str, point_ids: list[int],
+                   span: str | None, days: tuple[date, date] | None) -> None:
+    """Save (or replace) the user's trend set `name`: points and a named span or fixed days."""
+    if not name.strip():
+        raise UserError("give the trend set a name")
+    first, last = days if days else (None, None)
+    conn.execute("""
+        INSERT INTO app_trend_sets (username, site_id, name, point_ids, span, first_day, last_day)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (username, site_id, name) DO UPDATE SET point_ids = EXCLUDED.point_ids,
+            span = EXCLUDED.span, first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day,
+            saved_at = now()""", (username, site, name.strip(), point_ids, span, first, last))
+
+
+def delete_trend_set(conn: psycopg.Connection, username: str, site: str, name: str) -> None:
+    """Delete one of the user's own trend sets (another user's is never touched)."""
+    conn.execute("DELETE FROM app_trend_sets WHERE username = %s AND site_id = %s AND name = %s",
+                 (username, site, name))
 
 
 # --- Devices & points ---------------------------------------------------------------------------------
@@ -147,13 +178,47 @@ def present_value(conn: psycopg.Connection, site: str, point_id: int) -> float |
     return None if row is None or row[0] is None else float(row[0])
 
 
-def audit(conn: psycopg.Connection, site: str, limit: int = 200) -> pd.DataFrame:
+def audit(conn: psycopg.Connection, site: str, limit: int = 200, *, points: Sequence[int] = (),
+          users: Sequence[str] = (), sources: Sequence[str] = (), since: datetime | None = None,
+          until: datetime | None = None) -> pd.DataFrame:
+    """The newest commands, narrowed by point, user (created_by), source and creation time when given."""
     return frame(conn, """
         SELECT w.created_at, w.status, coalesce(p.dis, p.object_name) AS point, w.point_id, w.command_type,
                w.value, w.priority, w.source, w.created_by, w.reason, w.error_message, w.value_read,
-               w.completed_at, w.id
+               w.completed_at, w.id::text AS id,
+               -- where it was made: 'local' is this database (central has sites registered, a site none)
+               CASE WHEN (w.arrived = 'local') = EXISTS (SELECT 1 FROM site) THEN 'central' ELSE 'site'
+               END AS made_at
         FROM write_command_status w LEFT JOIN point p USING (site_id, point_id)
-        WHERE w.site_id = %s ORDER BY w.created_at DESC LIMIT %s""", (site, limit))
+        WHERE w.site_id = %(site)s
+          AND (cardinality(%(points)s::bigint[]) = 0 OR w.point_id = ANY(%(points)s))
+          AND (cardinality(%(users)s::text[]) = 0 OR w.created_by = ANY(%(users)s))
+          AND (cardinality(%(sources)s::text[]) = 0 OR w.source = ANY(%(sources)s))
+          AND (%(since)s::timestamptz IS NULL OR w.created_at >= %(since)s)
+          AND (%(until)s::timestamptz IS NULL OR w.created_at < %(until)s)
+        ORDER BY w.created_at DESC LIMIT %(limit)s""",
+        {"site": site, "points": list(points), "users": list(users), "sources": list(sources),
+         "since": since, "until": until, "limit": limit})
+
+
+def audit_choices(conn: psycopg.Connection, site: str) -> tuple[list[str], list[str]]:
+    """The users and sources that have written at this site, for the audit trail's filters."""
+    users = conn.execute("SELECT DISTINCT created_by FROM write_commands WHERE site_id = %s"
+                         " ORDER BY 1", (site,)).fetchall()
+    sources = conn.execute("SELECT DISTINCT source FROM write_commands WHERE site_id = %s"
+                           " ORDER BY 1", (site,)).fetchall()
+    return [u for (u,) in users if u], [s for (s,) in sources if s]
+
+
+def last_priority_array(conn: psycopg.Connection, site: str, point_id: int
+                        ) -> tuple[list[float | None], datetime] | None:
+    """The priority array the device read back after the newest command on this point that has one, and
+    when: the last the site knows of it (no command yet: None)."""
+    row = conn.execute("""
+        SELECT e.priority_array, e.at FROM command_events e JOIN write_commands c ON c.id = e.command_id
+        WHERE c.site_id = %s AND c.point_id = %s AND e.priority_array IS NOT NULL
+        ORDER BY e.at DESC LIMIT 1""", (site, point_id)).fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 # --- Models -------------------------------------------------------------------------------------------

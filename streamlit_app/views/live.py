@@ -1,5 +1,9 @@
 """Live: the latest value, quality and age of every point, refreshed on its own; stale and bad values
-stand out."""
+stand out.
+
+Columns in the order operators read them (name, value with its unit or state text, status, age), the rest
+after; narrow enough for a tablet (1024 px). The highlights are translucent, so the theme's own text colour
+stays readable on them in light and dark mode."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from bacpipes.units import reading_text
 from streamlit_app import queries
 from streamlit_app.context import (
     current_site,
@@ -18,13 +23,28 @@ from streamlit_app.context import (
     user,
 )
 
-STALE, BAD = "background-color: #fff3cd", "background-color: #f8d7da"
+STALE, BAD = "background-color: rgba(255, 193, 7, 0.28)", "background-color: rgba(220, 53, 69, 0.3)"
+# what is shown, first things first; the frame keeps the raw value and the rest for filters and tests
+SHOWN = ("name", "reading", "status", "age_s", "equipment", "quality", "time", "object_name", "point_id",
+         "last_error")
 
 
 def status(table: pd.DataFrame, stale_after: float) -> pd.Series:
     bad = table["quality"].notna() & (table["quality"] != "good")
     stale = table["age_s"].isna() | (table["age_s"] > stale_after * table["interval_s"])
     return pd.Series(np.select([bad, stale], ["bad", "stale"], "ok"), index=table.index)
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The point's name as operators know it, and its value as text: state text, or number and unit."""
+    out = table.copy()
+    out["name"] = out["dis"].fillna(out["object_name"])
+    out["reading"] = [
+        reading_text(None if pd.isna(v) else float(v), u, t, s, i, a)
+        for v, u, t, s, i, a in zip(out["value"], out["units"], out["object_type"], out["state_text"],
+                                    out["inactive_text"], out["active_text"], strict=True)
+    ]
+    return out
 
 
 def highlighted(view: pd.DataFrame) -> pd.DataFrame:
@@ -74,12 +94,15 @@ def table() -> None:
         counts = data["status"].value_counts()
         st.caption(f"{len(shown)} of {len(data)} points · {counts.get('stale', 0)} stale · "
                    f"{counts.get('bad', 0)} bad · refreshed every {config.ui.live_refresh_s:g} s")
-        view = shown[["status", "equipment", "object_name", "dis", "value", "units", "quality", "age_s",
-                      "time", "point_id", "last_error"]]
+        view = readable(shown).drop(columns=["tags", "state_text"])
         styled = view.style.apply(highlighted, axis=None)
-        st.dataframe(styled, hide_index=True, width="stretch", column_config={
-            "age_s": st.column_config.NumberColumn("age (s)", format="%.0f"),
-            "value": st.column_config.NumberColumn("value", format="%.2f"),
+        st.dataframe(styled, hide_index=True, width="stretch", column_order=SHOWN, column_config={
+            "name": st.column_config.TextColumn("point", width="medium"),
+            "reading": st.column_config.TextColumn("value"),  # sized to fit its longest text
+            "status": st.column_config.TextColumn("status", width="small"),
+            "age_s": st.column_config.NumberColumn("age (s)", format="%.0f", width="small"),
+            "equipment": st.column_config.TextColumn("equipment", width="small"),
+            "time": st.column_config.DatetimeColumn("time", format="HH:mm:ss"),
         })
 
 

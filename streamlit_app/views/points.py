@@ -17,6 +17,7 @@ import streamlit as st
 
 from bacpipes.points import WRITE_LIMITS, parse_tags, update_points
 from bacpipes.replication import is_central
+from bacpipes.units import symbol
 from streamlit_app import queries
 from streamlit_app.context import (
     act_as_operator,
@@ -104,6 +105,7 @@ def page() -> None:
     st.subheader("Points")
     if table.empty:
         return
+    table.insert(table.columns.get_loc("units") + 1, "unit", table["units"].map(symbol))  # °C, kW, ...
     search = st.text_input("Filter points", placeholder="object name contains…", key="points_filter")
     if search.strip():
         table = table[table["object_name"].fillna("").str.contains(search.strip(), case=False, regex=False)]
