@@ -16,6 +16,7 @@ from collections import defaultdict
 from datetime import UTC
 from typing import Any
 
+from bacpipes.alarms import watch as watch_bands
 from bacpipes.clock import WALL, clock_from
 from bacpipes.contracts import Reading, batch_payload, batch_topic
 from bacpipes.db import connect
@@ -163,6 +164,7 @@ class EdgeAgent:
             tasks = [asyncio.create_task(p.run(self.stop_event)) for p in self.pollers]
             tasks += [asyncio.create_task(c.run(self.stop_event)) for c in self.covs.values()]
             tasks.append(asyncio.create_task(self._housekeeping()))
+            tasks.append(asyncio.create_task(watch_bands(s, self.stop_event)))  # zones out of band: alarms
             if self.executor:
                 tasks.append(asyncio.create_task(self.executor.run(self.stop_event)))
             if s.ml.enabled:
