@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -203,6 +203,24 @@ class AbSettings(BaseModel):
     switch_hour: int | None = Field(None, ge=0, le=23)
 
 
+class EnergySettings(BaseModel):
+    """A flat tariff for the app's Energy and A/B pages. Unset, savings are shown in kWh only: a price
+    someone has to guess is worse than none. Set both (`price_per_kwh = 0.21`, `currency = "USD"`)."""
+
+    price_per_kwh: float | None = Field(None, gt=0)
+    currency: str | None = Field(None, min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> EnergySettings:
+        if (self.price_per_kwh is None) != (self.currency is None):
+            raise ValueError("[energy] price_per_kwh and currency go together: set both, or neither")
+        return self
+
+    @property
+    def priced(self) -> bool:
+        return self.price_per_kwh is not None
+
+
 class ClockSettings(BaseModel):
     """For simulation and evaluation only (`bacpipes.clock`): the agent reads a scaled clock, shared with a
     simulated building, that reads `origin` at `wall_start` (epoch seconds; default: when the agent starts)
@@ -301,6 +319,7 @@ class Settings(BaseSettings):
     clock: ClockSettings = ClockSettings()
     guard: GuardSettings = GuardSettings()
     ab: AbSettings = AbSettings()
+    energy: EnergySettings = EnergySettings()
     alerts: AlertSettings = AlertSettings()
     backups: BackupSettings = BackupSettings()
     ui: UiSettings = UiSettings()

@@ -79,18 +79,26 @@ access = sidebar()
 if access == "user":
     pages = [
         st.Page(HERE / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
+        st.Page(HERE / "alarms.py", title="Alarms", icon=":material/notifications_active:"),
         st.Page(HERE / "live.py", title="Live", icon=":material/sensors:"),
+        st.Page(HERE / "equipment.py", title="Equipment", icon=":material/hvac:"),
         st.Page(HERE / "trends.py", title="Trends", icon=":material/show_chart:"),
         st.Page(HERE / "points.py", title="Devices & points", icon=":material/tune:"),
         st.Page(HERE / "commands.py", title="Commands", icon=":material/edit:"),
         st.Page(HERE / "models.py", title="Models", icon=":material/model_training:"),
         st.Page(HERE / "ab.py", title="A/B", icon=":material/compare_arrows:"),
+        st.Page(HERE / "energy.py", title="Energy", icon=":material/bolt:"),
     ]
 elif access == "kiosk":
     pages = [
         st.Page(HERE / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
         st.Page(HERE / "live.py", title="Live", icon=":material/sensors:"),
+        st.Page(HERE / "trends.py", title="Trends", visibility="hidden"),  # a shared trend asks for a login
     ]
 else:
-    pages = [st.Page(prompt, title="Log in", icon=":material/login:", default=True)]
+    # a link to an equipment page (equipment?equip=ahu_1) opens it once logged in: the page asks for the login
+    pages = [st.Page(prompt, title="Log in", icon=":material/login:", default=True),
+             st.Page(HERE / "equipment.py", title="Equipment", visibility="hidden"),
+             # so does a shared trend (trends?points=3,7&range=24h)
+             st.Page(HERE / "trends.py", title="Trends", visibility="hidden")]
 st.navigation(pages).run()

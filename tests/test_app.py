@@ -106,9 +106,10 @@ def rows(dsn: str, query: str, *params: object) -> list[tuple]:
 
 def test_overview_shows_agents_replication_and_open_alerts(seeded, monkeypatch) -> None:
     at = page("overview", seeded, monkeypatch)
-    assert at.metric[0].value == "1 / 1"  # the agent's heartbeat is fresh
-    assert at.metric[1].value == "33.3 /s"
-    agents = at.dataframe[0].value
+    shown = {m.label: m.value for m in at.metric}  # the building's figures come first (test_overview_health)
+    assert shown["Agents online"] == "1 / 1"  # the agent's heartbeat is fresh
+    assert shown["Readings published"] == "33.3 /s"
+    agents = next(d.value for d in at.dataframe if "read_success" in d.value.columns)
     assert agents.loc[0, "site_id"] == SITE and agents.loc[0, "agent"] == "online"
     assert agents.loc[0, "read_success"] == pytest.approx(0.9) and agents.loc[0, "spool_depth"] == 7
     assert "disk 85 % full" in at.dataframe[-1].value["message"].tolist()
@@ -192,10 +193,15 @@ def test_an_operator_writes_with_confirmation_and_the_row_is_audited(seeded, mon
     assert any("Still pending" in w.value for w in at.warning)  # no agent runs in this test
     assert at.dataframe[-1].value.loc[0, "created_by"] == "ui:olivia"
 
+    field(at, "Why change control authority").set_value("central tunes the plant")
     button(at, "Grant remote").click().run()
+    assert rows(seeded.dsn, "SELECT count(*) FROM control_authority")[0][0] == 0  # nothing before confirming
+    button(at, "Confirm the change").click().run()
     assert rows(seeded.dsn, "SELECT mode, granted_by FROM control_authority") == [("remote", "ui:olivia")]
     assert any("**remote**" in m.value for m in at.markdown)
+    field(at, "Why change control authority").set_value("done")
     button(at, "Revoke remote").click().run()
+    button(at, "Confirm the change").click().run()
     assert rows(seeded.dsn, "SELECT mode FROM control_authority ORDER BY at DESC LIMIT 1") == [("edge",)]
     assert any("**edge**" in m.value for m in at.markdown)
 
@@ -210,11 +216,15 @@ def test_models_registry_deployments_actions_and_shadow_accuracy(seeded, monkeyp
     at = page("models", seeded, monkeypatch, "olivia")
     at.selectbox[1].set_value("2")  # version
     at.selectbox[2].set_value("active")  # mode
-    button(at, f"Deploy to {SITE}").click().run()
+    field(at, "Reason").set_value("try v2")  # reviewed with a reason, then confirmed (test_careful_changes)
+    button(at, f"Review deployment to {SITE}").click().run()
+    button(at, "Confirm").click().run()
     assert any("setpoint@2 deployed to sim-site in active mode" in s.value for s in at.success)
     assert rows(seeded.dsn, "SELECT version, mode, created_by FROM model_deployments"
                             " ORDER BY created_at DESC LIMIT 1") == [("2", "active", "ui:olivia")]
-    button(at, f"Roll setpoint back to the previous version at {SITE}").click().run()
+    field(at, "Reason for the roll back").set_value("v2 ran warm")
+    button(at, f"Review roll back of setpoint at {SITE}").click().run()
+    button(at, "Confirm").click().run()
     assert any("rolled back to 1" in s.value for s in at.success)
     latest = rows(seeded.dsn, "SELECT version, mode, created_by, reason FROM model_deployments"
                               " ORDER BY created_at DESC LIMIT 1")[0]

@@ -57,7 +57,8 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
             expect(page.get_by_text(f"{published} of {published} points · 0 stale")).to_be_visible(
                 timeout=30_000)
             expect(page.get_by_test_id("stDataFrame")).to_be_visible()
-            expect(page.get_by_text("Equipment", exact=True)).to_be_visible()  # not the grid's "equipment"
+            # the grid's column header (not the sidebar's Equipment page)
+            expect(page.get_by_test_id("stMain").get_by_text("Equipment", exact=True)).to_be_visible()
             page.wait_for_timeout(500)  # the grid draws on a canvas after it appears
             page.screenshot(path=shots / "live.png", full_page=True)
 

@@ -282,7 +282,7 @@ def https_app(site) -> Iterator[SimpleNamespace]:
 def test_the_app_is_served_over_https_and_shows_nothing_before_a_login(https_app) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_app_browser import CHROMIUM
+    from tests.browser import CHROMIUM
 
     with pytest.raises((OSError, urllib.error.URLError)):  # no plain HTTP on that port
         urllib.request.urlopen(f"http://127.0.0.1:{https_app.port}/_stcore/health", timeout=5).read()

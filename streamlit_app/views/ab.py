@@ -1,6 +1,9 @@
 """A/B: ML against baseline control over the switchback periods that are over, energy normalised by the
 baseline model and discomfort per zone, the savings with their confidence interval (the same scoring
-and statistics as the `ab` flow), and the rollback history."""
+and statistics as the `ab` flow), and the rollback history.
+
+The result leads in words (`models.verdict.ab_verdict`): "ML saves 8 % ± 3 % …" only when the interval
+excludes zero, else "no significant difference yet: about N more days needed", with the saving in kWh."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from bacpipes.settings import Settings
 from central.ab import score
-from models.ab import Period, evaluate
-from streamlit_app import queries
+from models.ab import Period, PeriodResult, Verdict, evaluate
+from models.verdict import ab_verdict, kwh, money
+from streamlit_app import energy, queries
 from streamlit_app.context import current_site, database, require_login, settings, shown_errors
 
 
@@ -38,6 +43,27 @@ def page() -> None:
         st.dataframe(alerts, hide_index=True)
 
 
+def in_words(config: Settings, site: str, verdict: Verdict, scored: list[PeriodResult]) -> None:
+    """The verdict as a sentence (significant or not, and if not, about how many more days), with the saving
+    in kWh over the ML periods (and money with `[energy]`'s tariff)."""
+    washout = config.ab.washout_h
+    days = sum((r.period.end - r.period.scored_from(washout)).total_seconds() for r in scored) / 86400
+    ml_kwh = energy.ml_metered_kwh(config, site, [r.period for r in scored], washout)
+    # ML metered E; baseline control would have used E / (1 - s) in the same hours: the saving is E·s/(1-s)
+    saved = ml_kwh * verdict.savings / (1 - verdict.savings) if verdict.savings < 1 and ml_kwh > 0 else None
+    sentence = ab_verdict(verdict.savings, verdict.ci, days, subject="metered site energy",
+                          saved_kwh=saved)
+    low, high = verdict.ci
+    (st.success if low > 0 else st.warning if high < 0 else st.info)(sentence)
+    if saved is not None:
+        tariff = config.energy
+        worth = ("" if tariff.price_per_kwh is None or tariff.currency is None
+                 else f" ({money(saved * tariff.price_per_kwh, tariff.currency)})")
+        st.caption(f"{days:.1f} days scored ({verdict.periods[0]} ML and {verdict.periods[1]} baseline "
+                   f"periods); the ML periods metered {kwh(ml_kwh)}: about {kwh(saved)}{worth} "
+                   f"{'less' if saved >= 0 else 'more'} than baseline control would have used.")
+
+
 def results(site: str, done: pd.DataFrame) -> None:
     arms = done["arm"].value_counts()
     if arms.get("ml", 0) < 2 or arms.get("baseline", 0) < 2:
@@ -48,6 +74,7 @@ def results(site: str, done: pd.DataFrame) -> None:
     periods = [Period(r.period_start, r.period_end, r.arm) for r in done.itertuples()]
     scored = score(for_site, periods)
     verdict = evaluate(scored)
+    in_words(for_site, site, verdict, scored)
     left, middle, right = st.columns(3)
     left.metric("Energy saved by ML", f"{verdict.savings:+.1%}",
                 help=f"95 % interval {verdict.ci[0]:+.1%} … {verdict.ci[1]:+.1%}")

@@ -3,6 +3,10 @@ error on held-back days, the families tried, the closed-loop KPIs it achieved, w
 each site (shadow or active), the actions that change that (operators, on central where the registry is),
 and shadow predictions against what happened.
 
+Deploy and roll back are careful changes: the operator gives a reason, reads what will change (and what runs
+now), and confirms; the reason is kept with the deployment row, nothing is written before the confirmation,
+and the page is drawn again at once so "Running now" shows the new state.
+
 A card shows every part, saying "not measured" where the model has none, so a missing figure is seen.
 """
 
@@ -15,8 +19,9 @@ import pandas as pd
 import psycopg
 import streamlit as st
 
+from bacpipes.errors import UserError
 from bacpipes.zones import find_zones
-from central.registry import MODES, deploy, rollback
+from central.registry import MODES, deploy, deployed, rollback
 from models.card import ModelCard, figure
 from streamlit_app import queries
 from streamlit_app.context import (
@@ -30,23 +35,83 @@ from streamlit_app.context import (
     sites,
 )
 
+PENDING, DONE = "pending_model_change", "model_change_done"
 
-def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str, name: str) -> None:
+
+def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str) -> None:
+    """Deploy and roll back, each reviewed first: the operator gives a reason (kept with the deployment),
+    reads what will change, and confirms; nothing is written before the confirmation."""
+    models = sorted(registry["name"].unique())
     with st.form("deploy"):
         left, middle, right = st.columns(3)
-        model = left.selectbox("Model", sorted(registry["name"].unique()))
+        model = left.selectbox("Model", models)
         version = middle.selectbox("Version", registry.loc[registry["name"] == model, "version"].tolist())
         mode = right.selectbox("Mode", MODES)
-        reason = st.text_input("Reason", placeholder="why (kept with the deployment)")
-        if st.form_submit_button(f"Deploy to {site}"):
-            name = act_as_operator(conn)
-            deploy(conn, site, model, version, mode, f"ui:{name}", reason.strip() or None)
-            st.success(f"{model}@{version} deployed to {site} in {mode} mode.")
-    model = st.selectbox("Roll back", sorted(registry["name"].unique()), key="rollback_model")
-    if st.button(f"Roll {model} back to the previous version at {site}"):
-        name = act_as_operator(conn)
-        previous = rollback(conn, site, model, f"ui:{name}", "rolled back in the app")
-        st.success(f"{model} at {site} rolled back to {previous}.")
+        reason = st.text_input("Reason", placeholder="why (kept with the deployment)", key="deploy_reason")
+        if st.form_submit_button(f"Review deployment to {site}"):
+            review(site, reason, action="deploy", model=model, version=version, mode=mode,
+                   summary=f"deploy {model}@{version} to {site} in {mode} mode "
+                           f"(now: {running_now(conn, site, model)})")
+    left, right = st.columns([1, 2])
+    model = left.selectbox("Roll back", models, key="rollback_model")
+    reason = right.text_input("Reason for the roll back", placeholder="why (kept with the deployment)",
+                              key="rollback_reason")
+    if st.button(f"Review roll back of {model} at {site}"):
+        current, previous, mode = rollback_target(conn, site, model)
+        review(site, reason, action="rollback", model=model,
+               summary=f"roll {model} back at {site} from {current} to {previous} ({mode} mode)")
+    confirm(conn, site)
+
+
+def running_now(conn: psycopg.Connection, site: str, model: str) -> str:
+    found = deployed(conn, site, model)
+    return f"{model}@{found[0][0]} {found[0][1]}" if found else "not deployed"
+
+
+def rollback_target(conn: psycopg.Connection, site: str, model: str) -> tuple[str, str, str]:
+    """(current version, the one a roll back returns to, mode), as `central.registry.rollback` chooses;
+    UserError when there is nothing to roll back to."""
+    history = [(v, m) for v, m in deployed(conn, site, model) if m != "off"]
+    if not history:
+        raise UserError(f"nothing deployed of {model} at {site}")
+    current, mode = history[0]
+    previous = next((v for v, _ in history if v != current), None)
+    if previous is None:
+        raise UserError(f"{model}@{current} is the only version deployed at {site}: switch it off instead")
+    return current, previous, mode
+
+
+def review(site: str, reason: str, **change: str) -> None:
+    """Hold a change for confirmation; refused without a reason."""
+    if not reason.strip():
+        st.session_state.pop(PENDING, None)
+        raise UserError("Give a reason first: it is kept with the deployment, for whoever looks at it later.")
+    st.session_state[PENDING] = {**change, "site": site, "reason": reason.strip()}
+
+
+def confirm(conn: psycopg.Connection, site: str) -> None:
+    pending = st.session_state.get(PENDING)
+    if not pending or pending["site"] != site:  # reviewed for another site: review again
+        st.session_state.pop(PENDING, None)
+        return
+    st.warning(f"Confirm: {pending['summary']}. Reason: {pending['reason']}")
+    left, right, _ = st.columns([1, 1, 4])
+    if right.button("Cancel", key="cancel_model_change"):
+        st.session_state.pop(PENDING, None)
+        st.rerun()
+    if not left.button("Confirm", key="confirm_model_change", type="primary"):
+        return
+    name = act_as_operator(conn)
+    st.session_state.pop(PENDING, None)
+    if pending["action"] == "deploy":
+        deploy(conn, site, pending["model"], pending["version"], pending["mode"], f"ui:{name}",
+               pending["reason"])
+        done = f"{pending['model']}@{pending['version']} deployed to {site} in {pending['mode']} mode."
+    else:
+        previous = rollback(conn, site, pending["model"], f"ui:{name}", pending["reason"])
+        done = f"{pending['model']} at {site} rolled back to {previous}."
+    st.session_state[DONE] = done
+    st.rerun()  # the tables above show the new state
 
 
 def _plain(text: str) -> str:
@@ -107,6 +172,8 @@ def shadow(conn: psycopg.Connection, site: str) -> None:
 def page() -> None:
     with database() as conn:
         site = current_site(conn)
+        if done := st.session_state.pop(DONE, None):
+            st.success(done)
         st.subheader("Registry")
         registry = queries.registry(conn)
         if registry.empty:
@@ -126,8 +193,9 @@ def page() -> None:
             st.dataframe(current, hide_index=True)
             with st.expander("History"):
                 st.dataframe(history, hide_index=True)
-        if not registry.empty and (name := needs_operator("deploy, switch or roll back models", conn)):
-            actions(conn, registry, site, name)
+        if not registry.empty and needs_operator("deploy, switch or roll back models", conn):
+            with shown_errors():  # a refused review is said here, and the rest of the page still shows
+                actions(conn, registry, site)
         st.subheader("Shadow predictions against what happened")
         shadow(conn, site)
 
