@@ -23,6 +23,7 @@ import psycopg
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
+from bacpipes.alarms import AlarmRules
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
 from bacpipes.units import reading_text
@@ -34,7 +35,7 @@ SECTIONS = ("Supply air", "Zones", "Valves & dampers", "Fans", "Energy", "Other"
 FAN_TOKENS = {"SF", "RF", "EF", "FAN"}
 DAMPER_TOKENS = {"DMPR", "DPR", "DAMPER"}
 VALVE_TOKENS = {"VLV", "VALVE"}
-BAND_TOLERANCE_K = 0.05
+BAND_TOLERANCE_K = AlarmRules().deadband_k  # the alarms' band: Overview, Alarms and this page agree
 
 
 def link(equipment: str) -> str:
@@ -131,7 +132,7 @@ def zone_table(points: pd.DataFrame) -> pd.DataFrame:
 
 def state(temperature: float, above: float, below: float) -> str:
     """A zone's temperature against its band in words; within BAND_TOLERANCE_K counts as in band (a reading
-    0.03 K above the setpoint is a controller holding it, not a fault)."""
+    a little above the setpoint is a thermostat's swing, not a fault: the alarms' rule, bacpipes.alarms)."""
     if pd.isna(temperature):
         return "no reading"
     if above > BAND_TOLERANCE_K:

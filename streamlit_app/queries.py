@@ -84,8 +84,9 @@ def live(conn: psycopg.Connection, site: str, default_interval_s: float) -> pd.D
 
 def point_choices(conn: psycopg.Connection, site: str, writable_only: bool = False) -> pd.DataFrame:
     """Points to pick, with what a chart or a write form needs of each: units, limits, state texts."""
-    return frame(conn, "SELECT point_id, coalesce(dis, object_name) AS label, object_name, units, writable,"
-                       " commandable, object_type, min_value, max_value, device_min_value, device_max_value,"
+    return frame(conn, "SELECT point_id, coalesce(dis, object_name, 'point ' || point_id) AS label,"
+                       " object_name, units, writable, commandable, object_type, min_value, max_value,"
+                       " device_min_value, device_max_value,"
                        " ml_min_value, ml_max_value, state_text, inactive_text, active_text,"
                        " relinquish_default FROM point WHERE site_id = %s AND missing_since IS NULL"
                        " AND (NOT %s OR writable) ORDER BY label", (site, writable_only))

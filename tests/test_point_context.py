@@ -217,11 +217,14 @@ def test_the_audit_trail_filters_by_point_user_source_and_dates(site, monkeypatc
         conn.execute("INSERT INTO write_commands (id, site_id, point_id, command_type, value, priority,"
                      " created_by, source, created_at) VALUES (gen_random_uuid(), %s, %s, 'write_value', 22,"
                      " 8, 'central:carla', 'central', now() - interval '7 days')", (SITE, setpoint))
+        # a writable point a device gave no name (a third-party controller): listed by its id, no crash
+        conn.execute("UPDATE point SET object_name = NULL, dis = NULL WHERE point_id = %s", (valve,))
     at = page("commands", site, monkeypatch)
 
     def trail() -> object:
         return at.dataframe[-1].value
 
+    assert f"point {valve}" in at.multiselect(key="audit_points").options
     assert trail()["id"].map(type).eq(str).all()  # readable ids, not byte maps
     at.multiselect(key="audit_users").set_value(["cli:ops"]).run()
     assert set(trail()["created_by"]) == {"cli:ops"} and set(trail()["point_id"]) == {valve}

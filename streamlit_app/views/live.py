@@ -22,6 +22,7 @@ from streamlit_app.context import (
     shown_errors,
     user,
 )
+from streamlit_app.equipment import page_link
 
 STALE, BAD = "background-color: rgba(255, 193, 7, 0.28)", "background-color: rgba(220, 53, 69, 0.3)"
 # what is shown, first things first; the frame keeps the raw value and the rest for filters and tests
@@ -76,6 +77,8 @@ with shown_errors(), database() as conn:
                                           " WHERE site_id = %s ORDER BY 1", (site,))["e"].tolist()
 left, middle, right = st.columns(3)
 equipment = left.multiselect("Equipment", equipment_names)
+for chosen in equipment:  # its page: supply air, zones against their setpoints, fans, energy
+    page_link(chosen, f"{chosen}: equipment page")
 tag = middle.text_input("Tag", placeholder="e.g. subject=zone-air or sp")
 text = right.text_input("Search", placeholder="object name or description")
 
