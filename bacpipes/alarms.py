@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from bacpipes.alerts import Alert, raise_alert, resolve_alert
+from bacpipes.alerts import Alert, deliver, raise_alert, resolve_alert
 from bacpipes.db import connect
 from bacpipes.errors import UserError
 from bacpipes.settings import Settings
@@ -253,6 +253,7 @@ async def watch(settings: Settings, stop: asyncio.Event, rules: AlarmRules | Non
             changes = await asyncio.to_thread(_check_once, settings.database.dsn, band)
             for alert in changes.raised:
                 log.warning("alarm: %s", alert.text())
+            await asyncio.to_thread(deliver, changes.raised, settings.alerts)  # the webhook and mail, if set
         except Exception:  # the database away, or not migrated yet: polling must go on
             log.exception("out-of-band alarm round failed")
         with contextlib.suppress(TimeoutError):

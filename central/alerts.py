@@ -1,6 +1,7 @@
 """Operations alerts: the seed's rules, judged against a site or the central database, stored in `alerts`
 and sent to a webhook and by e-mail when they are new. `raise_alert` is the one writer of that table (the
-flows raise theirs through it too) and `deliver` the one way out.
+flows raise theirs through it too) and `deliver` the one way out (both in `bacpipes.alerts`, so the site's
+edge sends what it raises too).
 
 Each rule gives a verdict per site (a message when the condition holds, None when it does not). An open
 alert is never raised twice for the same rule and site; it is resolved when a later verdict is healthy.
@@ -17,8 +18,9 @@ How each rule judges, and why:
   out: a refusal before the device is touched is the validation working (a bad request), not a failing
   write path. Judged only with at least `write_min_commands` outcomes.
 - read_failures: on a site, the share of points polled in the last hour whose latest poll failed
-  (`point_state.last_error_at >= last_poll`): it clears as soon as reads succeed again. Central has no
-  point_state (not replicated), so it reads the agent's cumulative counters from the heartbeat:
+  (`point_state.last_error_at >= last_poll`): it clears as soon as reads succeed again. Central's
+  point_state is kept from the readings (sql/021), without polls, so it reads the agent's cumulative
+  counters from the heartbeat:
   reads_failed / (reads_failed + readings). Not `requests`: one request reads a whole batch, while
   reads_failed counts points, so that ratio can pass 100 %.
 - disk_free: `alerts.disk_path`, else the data directory of a database on this host (`SHOW
@@ -37,20 +39,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import smtplib
-import ssl
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bacpipes.alerts import COLUMNS, Alert, raise_alert
+from bacpipes.alerts import COLUMNS, Alert, Delivery, deliver, raise_alert
 from bacpipes.replication import (
     COMMANDS_SUBSCRIPTION,
     agent_silent,
@@ -298,65 +296,6 @@ def _resolve(conn: psycopg.Connection, alert_id: int | None) -> Alert:
     row = conn.execute(f"UPDATE alerts SET resolved_at = now() WHERE id = %s RETURNING {COLUMNS}",
                        (alert_id,)).fetchone()
     return Alert(*row)  # type: ignore[misc]
-
-
-# --- delivery -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Delivery:
-    webhook_sent: int = 0
-    webhook_failed: int = 0
-    mail_sent: int = 0
-    mail_failed: int = 0
-
-
-def deliver(alerts: list[Alert], conf: AlertSettings) -> Delivery:
-    """Each new alert to the webhook (one POST each), all of them in one e-mail. A failure is logged and
-    counted, never raised: the alert is already stored, and the other channel must still go out."""
-    done = Delivery()
-    if not alerts:
-        return done
-    if conf.webhook_url:
-        for alert in alerts:
-            try:
-                post_webhook(conf.webhook_url, alert.as_json(), conf.delivery_timeout_s)
-                done.webhook_sent += 1
-            except Exception as exc:
-                log.warning("alert %s not delivered to the webhook: %s", alert.source, exc)
-                done.webhook_failed += 1
-    if conf.smtp_host and conf.mail_to:
-        try:
-            send_mail(alerts, conf)
-            done.mail_sent += 1
-        except Exception as exc:
-            log.warning("%d alert(s) not delivered by e-mail: %s", len(alerts), exc)
-            done.mail_failed += 1
-    return done
-
-
-def post_webhook(url: str, payload: dict[str, Any], timeout_s: float) -> None:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # raises on 4xx/5xx
-        response.read()
-
-
-def send_mail(alerts: list[Alert], conf: AlertSettings) -> None:
-    msg = EmailMessage()
-    first = alerts[0]
-    more = f" (+{len(alerts) - 1} more)" if len(alerts) > 1 else ""
-    msg["Subject"] = f"BacPipes {first.severity}: {first.source} at {first.site_id or 'central'}{more}"
-    msg["From"] = conf.mail_from
-    msg["To"] = ", ".join(conf.mail_to)
-    lines = [f"{a.raised_at.isoformat()}  {a.text()}" for a in alerts]
-    msg.set_content("\n".join(lines) + "\n")
-    with smtplib.SMTP(conf.smtp_host or "", conf.smtp_port, timeout=conf.delivery_timeout_s) as smtp:
-        if conf.smtp_starttls:
-            smtp.starttls(context=ssl.create_default_context())
-        if conf.smtp_username:
-            smtp.login(conf.smtp_username, conf.smtp_password or "")
-        smtp.send_message(msg)
 
 
 # --- one run --------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from bacpipes.alerts import raise_alert
+from bacpipes.alerts import deliver, raise_alert
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
 from bacpipes.settings import Settings
@@ -257,13 +257,15 @@ class EdgeGuard:
         if row is None:  # another guard (a second agent) tripped first
             conn.commit()
             return None
-        raise_alert(conn, s.site.id, CREATED_BY, "critical",
-                    f"model {s.ml.model}@{deployment.version} stood down by the edge guard ({breach.rule}):"
-                    f" {breach.detail}; the ML priority of {len(held)} setpoint(s) released")
+        alert = raise_alert(conn, s.site.id, CREATED_BY, "critical",
+                            f"model {s.ml.model}@{deployment.version} stood down by the edge guard"
+                            f" ({breach.rule}): {breach.detail}; the ML priority of {len(held)} setpoint(s)"
+                            " released")
         conn.commit()
         log.error("edge guard tripped %s@%s (%s): %s", s.ml.model, deployment.version, breach.rule,
                   breach.detail)
         released = self._release(conn, held, f"edge guard: {breach.rule}")
+        deliver([alert], s.alerts)  # after the release: a slow webhook must not delay it
         return Trip(deployment, breach, released)
 
     def _release(self, conn: psycopg.Connection, held: Iterable[int], reason: str) -> list[int]:

@@ -43,6 +43,7 @@ from central.alerts import run_alerts
 from streamlit_app import health  # also loads the `models` package before a page's folder is on sys.path
 from tests.browser import chromium, logged_in, serve_ui
 from tests.conftest import fresh_database
+from tests.test_alerts import WebhookSink
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app"
 SITE = "alarm-site"
@@ -203,8 +204,11 @@ def test_a_value_outside_its_limits_alarms_and_a_stale_value_changes_nothing(sit
 
 def test_the_agent_loop_raises_and_clears_until_stopped(site) -> None:
     """`watch`, as the edge agent runs it: rounds every interval_s until stopped (no delay here, so each
-    round's outcome is the one reading's: the delay's rule is the tests' above)."""
-    settings = load_settings(None, site={"id": SITE}, database={"dsn": site.dsn})
+    round's outcome is the one reading's: the delay's rule is the tests' above); a raised alarm goes to the
+    site's webhook (`bacpipes.alerts.deliver`, as central's rules' alerts do)."""
+    hook = WebhookSink()
+    settings = load_settings(None, site={"id": SITE}, database={"dsn": site.dsn},
+                             alerts={"webhook_url": hook.url})
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     reading(site.conn, site.ids.supply, 25.0, t0)
 
@@ -221,9 +225,14 @@ def test_the_agent_loop_raises_and_clears_until_stopped(site) -> None:
         stop.set()
         await asyncio.wait_for(task, 5)
 
-    asyncio.run(asyncio.wait_for(run(), 30))
+    try:
+        asyncio.run(asyncio.wait_for(run(), 30))
+    finally:
+        hook.close()
     history = site.conn.execute("SELECT source, resolved_at IS NOT NULL FROM alerts").fetchall()
     assert history == [(LIMITS, True)]
+    [sent] = hook.bodies
+    assert sent["source"] == LIMITS and sent["site_id"] == SITE and "AHU1-SA-T reads 25" in sent["text"]
 
 
 # --- what operators do --------------------------------------------------------------------------------

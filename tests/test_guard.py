@@ -33,6 +33,7 @@ from models.features import FEATURES, TARGETS
 from sim.server import ThreadedBuilding
 from tests.conftest import fresh_database, make_settings
 from tests.edge_harness import discover_site, ready_agent
+from tests.test_alerts import WebhookSink
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SITE = "s1"
@@ -177,12 +178,20 @@ def assert_tripped(conn: psycopg.Connection, rule: str) -> None:
 
 def test_comfort_band_trips_after_the_grace_time_and_releases(site) -> None:
     settings, conn = site
+    hook = WebhookSink()  # the site's webhook: the trip's alert is sent from the edge, after the release
+    alerts = settings.alerts.model_copy(update={"webhook_url": hook.url})
+    settings = settings.model_copy(update={"alerts": alerts})
     ml_write(conn, 28.0, NOW - timedelta(minutes=10))
     series(conn, T, NOW - timedelta(minutes=9), 30, [25.6] * 6)  # 2.5 min above 25.5: within the grace
     guard = EdgeGuard(settings)
     assert guard.check(NOW - timedelta(minutes=6, seconds=30)) is None
     series(conn, T, NOW - timedelta(minutes=6), 30, [26.2] * 13)
-    trip = guard.check(NOW)
+    try:
+        trip = guard.check(NOW)
+    finally:
+        hook.close()
+    [sent] = hook.bodies
+    assert (sent["source"], sent["severity"], sent["site_id"]) == ("edge-guard", "critical", SITE)
     assert trip is not None and trip.breach.rule == "comfort_band" and trip.released == [SP]
     assert_tripped(conn, "comfort_band")
     assert guard.check(NOW + timedelta(seconds=30)) is None  # nothing held any more, nothing twice
