@@ -38,7 +38,7 @@ import psycopg
 from bacpipes.alerts import Alert, deliver, raise_alert, resolve_alert
 from bacpipes.db import connect
 from bacpipes.errors import UserError
-from bacpipes.settings import Settings
+from bacpipes.settings import AlarmSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,7 @@ MAX_SHELVE = timedelta(days=7)  # shelving hides an alarm; it must come back by 
 _SYMBOLS = {"degrees-celsius": "°C", "degrees-fahrenheit": "°F", "degrees-kelvin": "K"}
 
 
-@dataclass(frozen=True)
-class AlarmRules:
-    deadband_k: float = 0.3  # kelvin (scaled for a point in °F)
-    delay_s: float = 600.0  # by the readings' own times
-    interval_s: float = 60.0  # how often the agent evaluates (wall seconds)
-    severity: str = "warning"
+AlarmRules = AlarmSettings  # the rules are the site's [alarms] settings
 
 
 @dataclass(frozen=True)
@@ -247,7 +242,7 @@ class BandWatch:
 
 async def watch(settings: Settings, stop: asyncio.Event, rules: AlarmRules | None = None) -> None:
     """The edge agent's periodic evaluation, until `stop`; a failing round is logged and tried again."""
-    band = BandWatch(settings.site.id, rules)
+    band = BandWatch(settings.site.id, rules or settings.alarms)
     while not stop.is_set():
         try:
             changes = await asyncio.to_thread(_check_once, settings.database.dsn, band)

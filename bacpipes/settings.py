@@ -9,7 +9,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator, model_validator
@@ -203,6 +203,18 @@ class AbSettings(BaseModel):
     switch_hour: int | None = Field(None, ge=0, le=23)
 
 
+class AlarmSettings(BaseModel):
+    """Alarms from the building itself (bacpipes.alarms, judged by the edge agent; Overview, Alarms and the
+    Equipment pages read the same band). A zone is out of band `deadband_k` beyond its cooling or heating
+    setpoint (0.3 K: a zone 0.5 K above is out, a thermostat's own swing is not) and back within half of
+    it; an alarm is raised once the condition has held `delay_s` by the readings' own times."""
+
+    deadband_k: float = Field(0.3, gt=0, le=5)  # kelvin (scaled for a point in °F)
+    delay_s: float = Field(600.0, ge=0)
+    interval_s: float = Field(60.0, gt=0)  # how often the agent evaluates (wall seconds)
+    severity: Literal["critical", "warning", "info"] = "warning"
+
+
 class EnergySettings(BaseModel):
     """A flat tariff for the app's Energy and A/B pages. Unset, savings are shown in kWh only: a price
     someone has to guess is worse than none. Set both (`price_per_kwh = 0.21`, `currency = "USD"`)."""
@@ -319,6 +331,7 @@ class Settings(BaseSettings):
     clock: ClockSettings = ClockSettings()
     guard: GuardSettings = GuardSettings()
     ab: AbSettings = AbSettings()
+    alarms: AlarmSettings = AlarmSettings()
     energy: EnergySettings = EnergySettings()
     alerts: AlertSettings = AlertSettings()
     backups: BackupSettings = BackupSettings()

@@ -23,7 +23,6 @@ import psycopg
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from bacpipes.alarms import AlarmRules
 from bacpipes.readings import load_readings
 from bacpipes.settings import Settings
 from bacpipes.units import reading_text
@@ -35,7 +34,6 @@ SECTIONS = ("Supply air", "Zones", "Valves & dampers", "Fans", "Energy", "Other"
 FAN_TOKENS = {"SF", "RF", "EF", "FAN"}
 DAMPER_TOKENS = {"DMPR", "DPR", "DAMPER"}
 VALVE_TOKENS = {"VLV", "VALVE"}
-BAND_TOLERANCE_K = AlarmRules().deadband_k  # the alarms' band: Overview, Alarms and this page agree
 
 
 def link(equipment: str) -> str:
@@ -114,9 +112,9 @@ def points(conn: psycopg.Connection, site: str, equipment: str) -> pd.DataFrame:
     return table
 
 
-def zone_table(points: pd.DataFrame) -> pd.DataFrame:
+def zone_table(points: pd.DataFrame, deadband_k: float) -> pd.DataFrame:
     """One row per zone: its temperature, cooling and heating setpoints, and how far outside that band the
-    temperature is (K; 0 inside it)."""
+    temperature is (K; 0 inside it); its state in words judged with the alarms' deadband ([alarms])."""
     zones = points[points["section"] == "Zones"]
     wide = zones.pivot_table(index="zone", columns="role", values="value", aggfunc="first")
     for role in ("temperature", "cooling setpoint", "heating setpoint"):
@@ -126,18 +124,19 @@ def zone_table(points: pd.DataFrame) -> pd.DataFrame:
     above = (wide["temperature"] - wide["cooling setpoint"]).clip(lower=0)
     below = (wide["heating setpoint"] - wide["temperature"]).clip(lower=0)
     wide["outside band (K)"] = above.fillna(0) + below.fillna(0)
-    wide["state"] = [state(t, a, b) for t, a, b in zip(wide["temperature"], above, below, strict=True)]
+    wide["state"] = [state(t, a, b, deadband_k)
+                     for t, a, b in zip(wide["temperature"], above, below, strict=True)]
     return wide.reset_index()
 
 
-def state(temperature: float, above: float, below: float) -> str:
-    """A zone's temperature against its band in words; within BAND_TOLERANCE_K counts as in band (a reading
-    a little above the setpoint is a thermostat's swing, not a fault: the alarms' rule, bacpipes.alarms)."""
+def state(temperature: float, above: float, below: float, deadband_k: float) -> str:
+    """A zone's temperature against its band in words; within `deadband_k` counts as in band (a reading a
+    little above the setpoint is a thermostat's swing, not a fault: the alarms' rule, bacpipes.alarms)."""
     if pd.isna(temperature):
         return "no reading"
-    if above > BAND_TOLERANCE_K:
+    if above > deadband_k:
         return f"{above:.1f} K above cooling setpoint"
-    if below > BAND_TOLERANCE_K:
+    if below > deadband_k:
         return f"{below:.1f} K below heating setpoint"
     return "in band"
 

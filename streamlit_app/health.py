@@ -167,7 +167,7 @@ def building(conn: psycopg.Connection, site: str, settings: Settings, rules: Ala
              ) -> BuildingHealth:
     agent = agent_state(conn, site)
     state = points(conn, site, settings)
-    return BuildingHealth(site, agent, state, zones(conn, site, state, rules or AlarmRules()),
+    return BuildingHealth(site, agent, state, zones(conn, site, state, rules or settings.alarms),
                           devices(conn, site, state, agent), active_alarms(conn, [site]))
 
 

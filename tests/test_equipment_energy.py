@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 import models.ab  # noqa: F401  (imported before a page runs: views/models.py would shadow the package)
 from bacpipes.cli.servers import free_port
 from bacpipes.errors import UserError
-from bacpipes.settings import load_settings
+from bacpipes.settings import AlarmSettings, load_settings
 from bacpipes.tagging import auto_tags
 from bacpipes.users import add_user
 from bacpipes.zones import site_hourly
@@ -145,7 +145,7 @@ def test_points_sort_into_an_air_handlers_parts_by_tags_and_names() -> None:
         "section": ["Zones"] * 6, "zone": ["Z1", "Z1", "Z1", "Z2", "Z2", "Z2"],
         "role": ["temperature", "cooling setpoint", "heating setpoint"] * 2,
         "value": [25.2, 24.0, 20.0, 21.0, 24.0, 21.02]})
-    table = zone_table(points).set_index("zone")
+    table = zone_table(points, AlarmSettings().deadband_k).set_index("zone")
     assert table.loc["Z1", "outside band (K)"] == pytest.approx(1.2)
     assert table.loc["Z1", "state"] == "1.2 K above cooling setpoint"
     assert table.loc["Z2", "state"] == "in band"  # 0.02 K under the heating setpoint is the loop holding it

@@ -51,7 +51,8 @@ def values_table(rows: pd.DataFrame) -> None:
 
 def zones(rows: pd.DataFrame, history: pd.DataFrame) -> None:
     st.subheader("Zones")
-    st.dataframe(equipment.zone_table(rows), hide_index=True, width="stretch", column_config={
+    table = equipment.zone_table(rows, settings().alarms.deadband_k)
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
         c: st.column_config.NumberColumn(c, format="%.1f")
         for c in ("temperature", "cooling setpoint", "heating setpoint", "outside band (K)")})
     history = history.merge(rows[["point_id", "zone", "role"]], on="point_id")
