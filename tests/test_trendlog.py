@@ -172,8 +172,9 @@ def test_a_log_answering_an_error_or_garbage_is_reported_and_the_others_imported
     settings = settings_for(db_dsn, tmp_path)
     config = tmp_path / "site.toml"
     config.write_text(
-        f'[database]\ndsn = "{db_dsn}"\n[bacnet]\naddress = "{AGENT}"\napdu_timeout_ms = 500\n'
-        "apdu_retries = 0\n"
+        # the other tests' timeouts: a healthy log must not time out on a loaded machine (CI did, at 500 ms)
+        f'[database]\ndsn = "{db_dsn}"\n[bacnet]\naddress = "{AGENT}"\napdu_timeout_ms = 2000\n'
+        "apdu_retries = 1\n"
     )
     with building() as b:
         discover_and_import(settings, device=999_999)
