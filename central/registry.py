@@ -107,8 +107,9 @@ def deployed(conn: psycopg.Connection, site_id: str, name: str) -> list[tuple[st
     ).fetchall()
 
 
-def rollback(conn: psycopg.Connection, site_id: str, name: str, created_by: str, reason: str) -> str:
-    """Deploy the version that ran before the current one, in the current mode; returns that version."""
+def rollback_target(conn: psycopg.Connection, site_id: str, name: str) -> tuple[str, str, str]:
+    """(current version, the one a roll back returns to, mode): what `rollback` would do, for a page to
+    confirm first; UserError when there is nothing to roll back to."""
     history = [(v, m) for v, m in deployed(conn, site_id, name) if m != "off"]
     if not history:
         raise UserError(f"nothing deployed of {name} at {site_id}")
@@ -116,5 +117,11 @@ def rollback(conn: psycopg.Connection, site_id: str, name: str, created_by: str,
     previous = next((v for v, _ in history if v != current), None)
     if previous is None:
         raise UserError(f"{name}@{current} is the only version deployed at {site_id}: switch it off instead")
+    return current, previous, mode
+
+
+def rollback(conn: psycopg.Connection, site_id: str, name: str, created_by: str, reason: str) -> str:
+    """Deploy the version that ran before the current one, in the current mode; returns that version."""
+    current, previous, mode = rollback_target(conn, site_id, name)
     deploy(conn, site_id, name, previous, mode, created_by, f"rollback from {current}: {reason}")
     return previous

@@ -21,7 +21,7 @@ import streamlit as st
 
 from bacpipes.errors import UserError
 from bacpipes.zones import find_zones
-from central.registry import MODES, deploy, deployed, rollback
+from central.registry import MODES, deploy, deployed, rollback, rollback_target
 from models.card import ModelCard, figure
 from streamlit_app import queries
 from streamlit_app.context import (
@@ -66,19 +66,6 @@ def actions(conn: psycopg.Connection, registry: pd.DataFrame, site: str) -> None
 def running_now(conn: psycopg.Connection, site: str, model: str) -> str:
     found = deployed(conn, site, model)
     return f"{model}@{found[0][0]} {found[0][1]}" if found else "not deployed"
-
-
-def rollback_target(conn: psycopg.Connection, site: str, model: str) -> tuple[str, str, str]:
-    """(current version, the one a roll back returns to, mode), as `central.registry.rollback` chooses;
-    UserError when there is nothing to roll back to."""
-    history = [(v, m) for v, m in deployed(conn, site, model) if m != "off"]
-    if not history:
-        raise UserError(f"nothing deployed of {model} at {site}")
-    current, mode = history[0]
-    previous = next((v for v, _ in history if v != current), None)
-    if previous is None:
-        raise UserError(f"{model}@{current} is the only version deployed at {site}: switch it off instead")
-    return current, previous, mode
 
 
 def review(site: str, reason: str, **change: str) -> None:
