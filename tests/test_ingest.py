@@ -188,13 +188,18 @@ def test_every_reading_lands_once_with_rollup_and_state(db_dsn, broker, tmp_path
         publisher.send([*singles[:500], (batch_topic(SITE, EQUIP), batch_payload(batch))])
         publisher.send([(topic_of(pids[0]), reading(pids[0], t0, 123.0).payload())])
         publisher.wait()
+        messages = (len(singles) + 3) + (500 + 2)
+
+        def settled(s: dict) -> bool:  # counted as duplicates, and acknowledged (a commit later)
+            return s["duplicates"] >= 501 + len(batch) and s["acked"] >= messages
+
         deadline = time.monotonic() + 60
-        while ingester.stats()["duplicates"] < 501 + len(batch) and time.monotonic() < deadline:
+        while not settled(ingester.stats()) and time.monotonic() < deadline:
             time.sleep(0.05)
         stats = ingester.stats()
     publisher.close()
     assert stats["duplicates"] == 501 + len(batch) and stats["rejects"] == 0
-    assert stats["acked"] == stats["received"] == (len(singles) + 3) + (500 + 2)  # messages, not rows
+    assert stats["acked"] == stats["received"] == messages  # messages, not rows
     assert count(db_dsn) == expected
     assert count(db_dsn, "SELECT sum(count)::int FROM readings_hourly") == expected
     assert count(db_dsn, "SELECT count(DISTINCT hour)::int FROM readings_hourly") >= 2
