@@ -29,6 +29,7 @@ from models.setpoint import export, train
 from sim.backfill import backfill
 from tests.browser import chromium, logged_in, serve_ui
 from tests.conftest import fresh_database
+from tests.test_app import button, field, page
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app"
 SITE = "sim-site"
@@ -58,23 +59,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(dsn=dsn, config=config, tmp=tmp)
 
 
-def models_page(site: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, user: str = "olivia") -> AppTest:
-    monkeypatch.setenv("BACPIPES_CONFIG", str(site.config))
-    at = AppTest.from_file(str(APP / "views" / "models.py"), default_timeout=60)
-    at.session_state["user"] = user
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def button(at: AppTest, label: str):  # type: ignore[no-untyped-def]
-    return next(b for b in at.button if b.label == label)
-
-
-def field(at: AppTest, label: str):  # type: ignore[no-untyped-def]
-    return next(t for t in at.text_input if t.label == label)
-
-
 def deployments(dsn: str) -> list[tuple]:
     """(version, mode, created_by, reason) of every deployment, newest first."""
     with psycopg.connect(dsn) as conn:
@@ -87,14 +71,14 @@ def running(at: AppTest) -> list[list[str]]:
 
 
 def test_a_viewer_cannot_review_a_change(site, monkeypatch) -> None:
-    at = models_page(site, monkeypatch, "victor")
+    at = page("models", site, monkeypatch, "victor")
     assert not [b for b in at.button if b.label.startswith("Review")]
     assert any("Log in as an operator" in i.value for i in at.info)
 
 
 def test_a_deployment_needs_a_reason_and_a_confirmation_and_can_be_cancelled(site, monkeypatch) -> None:
     before = deployments(site.dsn)
-    at = models_page(site, monkeypatch)
+    at = page("models", site, monkeypatch, "olivia")
     at.selectbox[1].set_value("1")  # version
     at.selectbox[2].set_value("active")  # mode
     button(at, f"Review deployment to {SITE}").click().run()
@@ -124,7 +108,7 @@ def test_a_deployment_needs_a_reason_and_a_confirmation_and_can_be_cancelled(sit
 
 
 def test_a_roll_back_needs_a_reason_and_a_confirmation_and_keeps_the_reason(site, monkeypatch) -> None:
-    at = models_page(site, monkeypatch)
+    at = page("models", site, monkeypatch, "olivia")
     with psycopg.connect(site.dsn) as conn:  # as the roll back sees it: the newest version, then another one
         history = [v for v, m in conn.execute(
             "SELECT version, mode FROM model_deployments ORDER BY created_at DESC, id DESC") if m != "off"]

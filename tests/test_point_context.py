@@ -29,6 +29,7 @@ from bacpipes.users import add_user
 from sim.server import ThreadedBuilding
 from tests.conftest import fresh_database, make_settings
 from tests.edge_harness import discover_site
+from tests.test_app import button, page
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app"
 BASE = "127.0.1.30"
@@ -80,15 +81,6 @@ def readings(conn: psycopg.Connection, points: list[int], now: datetime) -> None
 def rows(dsn: str, query: str, *params: object) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(query, params).fetchall()
-
-
-def page(name: str, site: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, user: str = "olivia") -> AppTest:
-    monkeypatch.setenv("BACPIPES_CONFIG", str(site.config))
-    at = AppTest.from_file(str(APP / "views" / f"{name}.py"), default_timeout=60)
-    at.session_state["user"] = user
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 # --- discovery ------------------------------------------------------------------------------------------
@@ -167,7 +159,7 @@ def completed(dsn: str, point_id: int, value: float, array: list[float | None], 
 
 def test_the_write_form_offers_a_multi_state_points_states_by_name(site, monkeypatch) -> None:
     mode = point(site, 1001, "multi-state-value", 1)
-    at = page("commands", site, monkeypatch)
+    at = page("commands", site, monkeypatch, "olivia")
     at.selectbox(key="write_point").set_value(mode).run()
     states_box = at.selectbox(key=f"write_value_{mode}")
     assert list(states_box.proto.options) == ["Off", "Cool", "Heat", "Auto"]
@@ -187,7 +179,7 @@ def test_the_write_form_shows_unit_limits_default_and_the_last_priority_array(si
     setpoint = point(site, 1002, "analog-value", 1)
     with psycopg.connect(site.dsn) as conn:
         conn.execute("UPDATE point SET ml_min_value = 21, ml_max_value = 26 WHERE point_id = %s", (setpoint,))
-    at = page("commands", site, monkeypatch)
+    at = page("commands", site, monkeypatch, "olivia")
     at.selectbox(key="write_point").set_value(setpoint).run()
     facts = " ".join(m.value for m in at.markdown)
     assert "unit: **°C**" in facts and "write limits: 16 to 30 °C" in facts
@@ -205,10 +197,6 @@ def test_the_write_form_shows_unit_limits_default_and_the_last_priority_array(si
     assert any("Priority array as the device read it back" in c.value for c in at.caption)
 
 
-def button(at: AppTest, label: str):  # type: ignore[no-untyped-def]
-    return next(b for b in at.button if b.label == label)
-
-
 def test_the_audit_trail_filters_by_point_user_source_and_dates(site, monkeypatch) -> None:
     setpoint, valve = point(site, 1003, "analog-value", 1), point(site, 1003, "analog-value", 2)
     completed(site.dsn, setpoint, 23.0, [None] * 16, by="ui:olivia", source="ui")
@@ -219,7 +207,7 @@ def test_the_audit_trail_filters_by_point_user_source_and_dates(site, monkeypatc
                      " 8, 'central:carla', 'central', now() - interval '7 days')", (SITE, setpoint))
         # a writable point a device gave no name (a third-party controller): listed by its id, no crash
         conn.execute("UPDATE point SET object_name = NULL, dis = NULL WHERE point_id = %s", (valve,))
-    at = page("commands", site, monkeypatch)
+    at = page("commands", site, monkeypatch, "olivia")
 
     def trail() -> object:
         return at.dataframe[-1].value
@@ -242,7 +230,7 @@ def test_the_audit_trail_filters_by_point_user_source_and_dates(site, monkeypatc
 
 
 def test_authority_changes_need_a_reason_and_a_confirmation(site, monkeypatch) -> None:
-    at = page("commands", site, monkeypatch)
+    at = page("commands", site, monkeypatch, "olivia")
     button(at, "Grant remote").click().run()
     assert any("Say why" in e.value for e in at.error)
     at.text_input(key="authority_reason").set_value("central runs the chiller trial")
