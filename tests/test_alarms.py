@@ -44,6 +44,7 @@ from streamlit_app import health  # also loads the `models` package before a pag
 from tests.browser import chromium, logged_in, serve_ui
 from tests.conftest import fresh_database
 from tests.test_alerts import WebhookSink
+from tests.test_app import page
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app"
 SITE = "alarm-site"
@@ -323,17 +324,8 @@ def alarmed(seeded_site: SimpleNamespace, tmp_path_factory: pytest.TempPathFacto
     return SimpleNamespace(dsn=seeded_site.dsn, config=config, conn=conn)
 
 
-def page(alarmed: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, user: str) -> AppTest:
-    monkeypatch.setenv("BACPIPES_CONFIG", str(alarmed.config))
-    at = AppTest.from_file(str(APP / "views" / "alarms.py"), default_timeout=60)
-    at.session_state["user"] = user
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_the_console_lists_by_priority_and_viewers_only_see(alarmed, monkeypatch) -> None:
-    viewer = page(alarmed, monkeypatch, "victor")
+    viewer = page("alarms", alarmed, monkeypatch, "victor")
     active = viewer.dataframe[0].value
     assert active["severity"].tolist() == ["critical", "warning", "warning"]  # priority, then newest first
     assert active["message"].tolist()[1:] == ["ahu_2 too warm", "AHU1_ZN1 too warm"]
@@ -345,7 +337,7 @@ def test_the_console_lists_by_priority_and_viewers_only_see(alarmed, monkeypatch
 
 
 def test_an_operator_acknowledges_on_the_page_with_a_comment(alarmed, monkeypatch) -> None:
-    at = page(alarmed, monkeypatch, "olivia")
+    at = page("alarms", alarmed, monkeypatch, "olivia")
     critical = int(at.dataframe[0].value["id"].iloc[0])
     at.selectbox[0].set_value(critical)
     at.text_input[0].set_value("")
