@@ -2,14 +2,21 @@
 
 Site -> central: `sensor_readings` (inserts only, through the partition root, so site retention's
 DROP PARTITION never reaches central) and the small tables (device, point, command_events,
-site_heartbeat, the commands made at the site, ...). Central -> site: `write_commands` made on central for
-that site (a row filter). A command travels only away from the database it was made in (`arrived =
-'local'` in both directions' row filters; a replicated row arrives as 'replication', sql/021), so no row
-loops although write_commands is published both ways. A site publishes only rows with its own site_id
-(row filters), and central drops any other row arriving on that site's subscriptions
+site_heartbeat, the commands made at the site, ...), two publications that central takes in with one
+subscription per site. Central -> site: `write_commands` made on central for that site (a row filter),
+with the site's deployments and A/B schedule. A command travels only away from the database it was made
+in (`arrived = 'local'` in both directions' row filters; a replicated row arrives as 'replication',
+sql/021), so no row loops although write_commands is published both ways. A site publishes only rows
+with its own site_id (row filters), and central drops any other row arriving on that site's subscription
 (`sql/015_site_guard.sql`): a compromised or misconfigured site cannot write another site's readings,
 heartbeat or commands into central. Central keeps each site's current values (point_state) from the
 readings it applies (sql/021), so nothing more is sent for them.
+
+Central -> site leaves from central's outbox when it has one (`[central] outbox_dsn`): a small cluster on
+central's host that subscribes once to central's outbound rows and publishes them per site. A WAL sender
+decodes all of its database's WAL, and central's WAL is mostly the sites' readings: with a sender per site
+on central, central's CPU grows with the square of the number of sites (issue 19). The outbox's WAL holds
+only what is sent to sites, and central keeps one sender (the outbox's) whatever the number of sites.
 Every connection is TLS 1.3 with a client certificate, checked by name (`sslmode=verify-full`); the
 roles may replicate and read only what they replicate.
 
@@ -45,7 +52,9 @@ CENTRAL_TABLES = ("write_commands", "model_deployments", "ab_schedule")  # centr
 # published both ways: only the rows made where they are published from (sql/021_central_view.sql)
 MADE_HERE = {"write_commands": "arrived = 'local'"}
 CENTRAL_ROLE = "bacpipes_central"  # how central logs in to every site
-COMMANDS_SUBSCRIPTION = "bacpipes_commands"  # the site's subscription to central
+COMMANDS_SUBSCRIPTION = "bacpipes_commands"  # the site's subscription to central (or its outbox)
+OUTBOX_ROLE = "bacpipes_outbox"  # how central's outbox logs in to central
+OUTBOUND = "bacpipes_outbound"  # central's publication of every site's rows, and the outbox's subscription
 
 
 def slug(site_id: str) -> str:
@@ -61,12 +70,14 @@ def commands_publication(site_id: str) -> str:
     return f"bacpipes_commands_{slug(site_id)}"
 
 
-def readings_subscription(site_id: str) -> str:
-    return f"bacpipes_{slug(site_id)}_readings"
+def site_subscription(site_id: str) -> str:
+    """Central's one subscription to a site (its readings and meta publications), and its slot there."""
+    return f"bacpipes_{slug(site_id)}"
 
 
-def meta_subscription(site_id: str) -> str:
-    return f"bacpipes_{slug(site_id)}_meta"
+def old_subscriptions(site_id: str) -> tuple[str, str]:
+    """Central's two subscriptions to a site as links made before one subscription per site had them."""
+    return f"bacpipes_{slug(site_id)}_readings", f"bacpipes_{slug(site_id)}_meta"
 
 
 def conninfo_to(target: Settings, subscriber: Settings, user: str) -> str:
@@ -170,14 +181,24 @@ def _has(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool
     return conn.execute(query, (name,)).fetchone() is not None
 
 
-def own_rows(site_id: str, tables: tuple[str, ...]) -> sql.Composable:
+def own_rows(site_id: str, tables: tuple[str, ...], made_here: bool = True) -> sql.Composable:
     """`t1 WHERE (site_id = 'x'), t2 WHERE …`: a site publishes its own rows only, and a table published
-    both ways only the rows made on this end (`MADE_HERE`), so none comes back to where it was made."""
+    both ways only the rows made on this end (`MADE_HERE`), so none comes back to where it was made.
+    Central's outbox publishes with `made_here=False`: every row there came from central."""
     return sql.SQL(", ").join(
         sql.SQL("{} WHERE (site_id = {}{})").format(
             sql.Identifier(t), sql.Literal(site_id),
-            sql.SQL(f" AND {MADE_HERE[t]}" if t in MADE_HERE else ""))
+            sql.SQL(f" AND {MADE_HERE[t]}" if made_here and t in MADE_HERE else ""))
         for t in tables
+    )
+
+
+def outbound_rows() -> sql.Composable:
+    """Central's publication to its outbox: every site's rows, of those made on central."""
+    return sql.SQL(", ").join(
+        sql.SQL("{} WHERE ({})").format(sql.Identifier(t), sql.SQL(MADE_HERE[t])) if t in MADE_HERE
+        else sql.Identifier(t)
+        for t in CENTRAL_TABLES
     )
 
 
@@ -205,12 +226,19 @@ def _ensure_publication(
         "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND rowfilter IS NULL"
         " ORDER BY tablename", (name,))]
     conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE ").format(ident) + tables)
-    if unfiltered:
+    if unfiltered and name != OUTBOUND:
         say(f"publication {name} now carries only this site's rows of {', '.join(unfiltered)}")
 
 
+def _drop_publication(conn: psycopg.Connection, name: str, say: Steps) -> None:
+    if _has(conn, "pg_publication", "pubname", name):
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+        say(f"dropped publication {name}")
+
+
 def _ensure_subscription(
-    conn: psycopg.Connection, name: str, conninfo: str, publication: str, say: Steps, slot: str | None = None
+    conn: psycopg.Connection, name: str, conninfo: str, publications: list[str], say: Steps,
+    slot: str | None = None,
 ) -> None:
     """`slot`: the slot's name on the publisher, which must be unique there (default: `name`)."""
     if _has(conn, "pg_subscription", "subname", name):
@@ -221,8 +249,8 @@ def _ensure_subscription(
         return
     conn.execute(
         sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {})").format(
-            sql.Identifier(name), sql.Literal(conninfo), sql.Identifier(publication),
-            sql.Literal(slot or name),
+            sql.Identifier(name), sql.Literal(conninfo),
+            sql.SQL(", ").join(sql.Identifier(p) for p in publications), sql.Literal(slot or name),
         )
     )
     say(f"created subscription {name}")
@@ -243,6 +271,51 @@ def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps) -> None:
     say(f"dropped subscription {name}")
 
 
+def _follow_commands(s: psycopg.Connection, site: Settings, sender: Settings, say: Steps) -> None:
+    """The site's subscription to what central sends it, from `sender` (central or its outbox).
+
+    Made afresh when it reads from elsewhere (central gained an outbox): the new one copies the site's rows
+    again, and the site keeps those it has (sql/021, sql/025)."""
+    conninfo = conninfo_to(sender, site, site_role(site.site.id))
+    row = s.execute("SELECT subconninfo FROM pg_subscription WHERE subname = %s",
+                    (COMMANDS_SUBSCRIPTION,)).fetchone()
+    wanted = {k: v for k, v in conninfo_to_dict(conninfo).items() if k in ("host", "port", "dbname")}
+    if row and {k: v for k, v in conninfo_to_dict(row[0]).items() if k in wanted} != wanted:
+        _drop_subscription(s, COMMANDS_SUBSCRIPTION, say)
+        say(f"the site now takes what central sends it from {wanted['host']}:{wanted['port']}")
+    publication = commands_publication(site.site.id)
+    _ensure_subscription(s, COMMANDS_SUBSCRIPTION, conninfo, [publication], say, slot=publication)
+
+
+def outbox(central: Settings) -> Settings | None:
+    """Central's outbox as a node of its own (its database; sites reach it on central's host at
+    `outbox_port`, default the DSN's), or None when central publishes to its sites itself."""
+    dsn = central.central.outbox_dsn
+    if dsn is None:
+        return None
+    port = central.central.outbox_port or int(conninfo_to_dict(dsn).get("port") or 5432)
+    return central.model_copy(update={
+        "database": central.database.model_copy(update={"dsn": dsn}),
+        "replication": central.replication.model_copy(update={"port": port}),
+    })
+
+
+def link_outbox(central: Settings) -> list[str]:
+    """Central -> its outbox: one publication of every site's rows, one subscription. Safe to re-run.
+    The outbox's database must have the schema (`prepare_database`) first."""
+    box = outbox(central)
+    if box is None:
+        return []
+    say = Steps()
+    with connect(central.database.dsn, autocommit=True) as c, connect(box.database.dsn, autocommit=True) as o:
+        _require_logical(c, "the central")
+        _require_logical(o, "the outbox")
+        _ensure_role(c, OUTBOX_ROLE, CENTRAL_TABLES, say)
+        _ensure_publication(c, OUTBOUND, outbound_rows(), "publish = 'insert'", say)
+        _ensure_subscription(o, OUTBOUND, conninfo_to(central, box, OUTBOX_ROLE), [OUTBOUND], say)
+    return say.done
+
+
 @contextmanager
 def _both(site: Settings, central: Settings) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]:
     site_dsn, central_dsn = site.database.dsn, central.database.dsn
@@ -250,11 +323,26 @@ def _both(site: Settings, central: Settings) -> Iterator[tuple[psycopg.Connectio
         yield s, c
 
 
+@contextmanager
+def _sender(central: Settings, c: psycopg.Connection) -> Iterator[tuple[psycopg.Connection, Settings]]:
+    """Where what central sends its sites leaves from: its outbox, or central itself (`c`)."""
+    box = outbox(central)
+    if box is None:
+        yield c, central
+        return
+    with connect(box.database.dsn, autocommit=True) as o:
+        yield o, box
+
+
 def link(site: Settings, central: Settings) -> list[str]:
-    """Connect one site and central both ways. Safe to re-run."""
-    say = Steps()
+    """Connect one site and central both ways. Safe to re-run; a link made with two subscriptions on
+    central (before one per site) is resynced into one."""
     site_id = site.site.id
-    with _both(site, central) as (s, c):
+    subscription = site_subscription(site_id)
+    with connect(central.database.dsn, autocommit=True) as c:
+        two = any(_has(c, "pg_subscription", "subname", name) for name in old_subscriptions(site_id))
+    say = Steps(resync(site, central) if two else [])
+    with _both(site, central) as (s, c), _sender(central, c) as (o, sender):
         _require_logical(s, "the site")
         _require_logical(c, "the central")
         s.execute(
@@ -272,20 +360,21 @@ def link(site: Settings, central: Settings) -> list[str]:
                             "publish = 'insert, update, delete'", say)
         heartbeat(s, site_id)
 
+        # both registry columns name the one subscription (central's site guard maps either to the site)
         c.execute(
             "INSERT INTO site (site_id, readings_subscription, meta_subscription) VALUES (%s, %s, %s)"
             " ON CONFLICT (site_id) DO NOTHING",
-            (site_id, readings_subscription(site_id), meta_subscription(site_id)),
+            (site_id, subscription, subscription),
         )
-        _ensure_role(c, site_role(site_id), CENTRAL_TABLES, say)
-        _ensure_publication(c, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES),
+        _ensure_subscription(c, subscription, conninfo_to(site, central, CENTRAL_ROLE),
+                             [READINGS_PUBLICATION, META_PUBLICATION], say)
+
+        _ensure_role(o, site_role(site_id), CENTRAL_TABLES, say)
+        _ensure_publication(o, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES, o is c),
                             "publish = 'insert'", say)
-        to_site = conninfo_to(site, central, CENTRAL_ROLE)
-        _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
-        _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)
-        to_central = conninfo_to(central, site, site_role(site_id))
-        publication = commands_publication(site_id)
-        _ensure_subscription(s, COMMANDS_SUBSCRIPTION, to_central, publication, say, slot=publication)
+        _follow_commands(s, site, sender, say)
+        if o is not c:  # a link made before central had its outbox: nothing reads this any more
+            _drop_publication(c, commands_publication(site_id), say)
     return say.done or ["already linked: nothing to do"]
 
 
@@ -293,17 +382,14 @@ def unlink(site: Settings, central: Settings) -> list[str]:
     """Undo `link`. History already on central stays there."""
     say = Steps()
     site_id = site.site.id
-    with _both(site, central) as (s, c):
+    with _both(site, central) as (s, c), _sender(central, c) as (o, _):
         _drop_subscription(s, COMMANDS_SUBSCRIPTION, say)
-        for name in (readings_subscription(site_id), meta_subscription(site_id)):
+        for name in (site_subscription(site_id), *old_subscriptions(site_id)):
             _drop_subscription(c, name, say)
-        for conn, publications in ((c, [commands_publication(site_id)]),
-                                   (s, [READINGS_PUBLICATION, META_PUBLICATION])):
-            for name in publications:
-                if _has(conn, "pg_publication", "pubname", name):
-                    conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
-                    say(f"dropped publication {name}")
-        for conn, role in ((c, site_role(site_id)), (s, CENTRAL_ROLE)):
+        for conn, name in ((o, commands_publication(site_id)), (c, commands_publication(site_id)),
+                           (s, READINGS_PUBLICATION), (s, META_PUBLICATION)):
+            _drop_publication(conn, name, say)
+        for conn, role in ((o, site_role(site_id)), (c, site_role(site_id)), (s, CENTRAL_ROLE)):
             if _has(conn, "pg_roles", "rolname", role):
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
@@ -324,13 +410,15 @@ def resync(site: Settings, central: Settings) -> list[str]:
     backfilled directly, skipping what central has, and central's current values take in what the
     backfill brought. The small tables (the site's commands and their events too) are copied afresh:
     central's replica triggers absorb the rows it already holds. A reading older than T that reaches
-    the site after the resync is not replicated.
+    the site after the resync is not replicated. The site's own subscription to what central sends is
+    made afresh when its slot on central (or the outbox) was lost: it copies again, the site keeps what
+    it has.
     """
     say = Steps()
     site_id = site.site.id
-    to_site = conninfo_to(site, central, CENTRAL_ROLE)
-    with _both(site, central) as (s, c):
-        for name in (readings_subscription(site_id), meta_subscription(site_id)):
+    subscription = site_subscription(site_id)
+    with _both(site, central) as (s, c), _sender(central, c) as (o, sender):
+        for name in (subscription, *old_subscriptions(site_id)):
             _drop_subscription(c, name, say)
             if _has(s, "pg_replication_slots", "slot_name", name):
                 s.execute("SELECT pg_drop_replication_slot(%s)", (name,))
@@ -342,13 +430,24 @@ def resync(site: Settings, central: Settings) -> list[str]:
                   + readings_table(site_id, newest))
         if newest is not None:
             say(f"readings publication narrowed to readings after {newest.isoformat()}")
-        _ensure_subscription(c, readings_subscription(site_id), to_site, READINGS_PUBLICATION, say)
-        _ensure_subscription(c, meta_subscription(site_id), to_site, META_PUBLICATION, say)
+        c.execute("UPDATE site SET readings_subscription = %s, meta_subscription = %s WHERE site_id = %s",
+                  (subscription, subscription, site_id))  # before it applies: the site guard reads these
+        _ensure_subscription(c, subscription, conninfo_to(site, central, CENTRAL_ROLE),
+                             [READINGS_PUBLICATION, META_PUBLICATION], say)
         if newest is not None:
             say(f"backfilled {_backfill(s, c, site_id, newest - RESYNC_OVERLAP, newest)} readings")
         c.execute(
             "UPDATE site SET resynced_at = now(), resynced_from = %s WHERE site_id = %s", (newest, site_id)
         )
+        slot = o.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                         (commands_publication(site_id),)).fetchone()
+        if slot is None or slot[0] == "lost":
+            say(f"the site's commands slot was {'lost' if slot else 'missing'}: subscribing afresh")
+            _drop_subscription(s, COMMANDS_SUBSCRIPTION, say)
+            _ensure_role(o, site_role(site_id), CENTRAL_TABLES, say)
+            _ensure_publication(o, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES, o is c),
+                                "publish = 'insert'", say)
+            _follow_commands(s, site, sender, say)
     return say.done
 
 

@@ -245,7 +245,19 @@ class ClockSettings(BaseModel):
 
 
 class CentralSettings(BaseModel):
+    """`outbox_dsn`: the database central's commands, deployments and A/B schedule leave from, in a cluster
+    of its own on central's host, so that each site's WAL sender decodes only them and not every site's
+    readings (issue 19: without it, central's CPU grows with the square of the number of sites). Sites reach
+    it at `[replication] host` and `outbox_port` (default: the DSN's port). None: central's own database
+    publishes them, which is fine for a few tens of sites."""
+
     retention_days: int = Field(30, ge=1, le=366)
+    # the Dask scheduler the fleet flows' per-site tasks run on (flows.fleet), e.g. "tls://dask.example:8786"
+    # (settings, DSN included, travel to its workers: use TLS off this host); None: a local cluster, a worker
+    # process per CPU, started for the run
+    dask_address: str | None = None
+    outbox_dsn: str | None = None
+    outbox_port: int | None = Field(None, ge=1, le=65535)
 
 
 class SpoolSettings(BaseModel):

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from bacpipes.replication import readings_subscription
+from bacpipes.replication import site_subscription
 from tests.replication_harness import Deployment, certificate_dir, linked
 
 SITE = "site-a"
@@ -44,7 +44,7 @@ def store(dsn: str, start: datetime, readings: int, points: int, per_point: int)
 def apply_rate(d: Deployment, start: datetime, readings: int, points: int, per_point: int,
                trigger: bool) -> float:
     """Readings/s central applies, with its point_state trigger on or off."""
-    subscription = readings_subscription(SITE)
+    subscription = site_subscription(SITE)
     with psycopg.connect(d.central.database.dsn, autocommit=True) as c:
         c.execute("ALTER TABLE sensor_readings " + ("ENABLE REPLICA" if trigger else "DISABLE")
                   + " TRIGGER point_state_from_reading")

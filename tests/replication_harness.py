@@ -18,7 +18,7 @@ import psycopg
 
 from bacpipes import certs
 from bacpipes.db import connect, prepare_database
-from bacpipes.replication import CENTRAL_ROLE, link, site_role
+from bacpipes.replication import CENTRAL_ROLE, OUTBOX_ROLE, link, site_role
 from bacpipes.settings import Settings, load_settings
 from central.setup import init_central
 from tests.pgcluster import PgCluster
@@ -32,9 +32,9 @@ def certificate_dir() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="bacpipes-certs-"))
     try:
         certs.ensure_ca(directory)
-        for name in ("central", *SITES):
+        for name in ("central", "outbox", *SITES):
             certs.issue_server(directory, name, ["127.0.0.1"])
-        for user in (CENTRAL_ROLE, *(site_role(s) for s in SITES)):
+        for user in (CENTRAL_ROLE, OUTBOX_ROLE, *(site_role(s) for s in SITES)):
             certs.issue_client(directory, user)
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
@@ -70,12 +70,20 @@ def node_settings(cluster: PgCluster, site_id: str, directory: Path, **extra: di
 
 
 class Deployment:
-    """central + sites, each a cluster; sites linked to central."""
+    """central + sites, each a cluster; sites linked to central. With `outbox`, central sends to its sites
+    from an outbox cluster of its own (`[central] outbox_dsn`)."""
 
-    def __init__(self, directory: Path, sites: tuple[str, ...]) -> None:
+    def __init__(self, directory: Path, sites: tuple[str, ...], outbox: bool = False) -> None:
         self.clusters: list[PgCluster] = []
-        self.central_cluster = self._cluster(directory, "central", [site_role(s) for s in sites])
-        self.central = node_settings(self.central_cluster, "central", directory)
+        site_roles = [site_role(s) for s in sites]
+        self.central_cluster = self._cluster(directory, "central", [*site_roles, OUTBOX_ROLE])
+        central: dict = {}
+        self.outbox: Settings | None = None
+        if outbox:
+            box = self._cluster(directory, "outbox", site_roles)
+            self.outbox = node_settings(box, "central", directory)
+            central = {"central": {"outbox_dsn": self.outbox.database.dsn}}
+        self.central = node_settings(self.central_cluster, "central", directory, **central)
         init_central(self.central)
         self.site_clusters: dict[str, PgCluster] = {}
         self.sites: dict[str, Settings] = {}
@@ -129,7 +137,8 @@ def linked(d: Deployment, site_id: str) -> None:
 
 def wait_synced(d: Deployment, site_id: str) -> None:
     """Until every table of every subscription is in sync (state 'r')."""
-    for settings in (d.central, d.sites[site_id]):  # autocommit: an open transaction stalls slot creation
+    nodes = (d.central, d.sites[site_id], *([d.outbox] if d.outbox else []))
+    for settings in nodes:  # autocommit: an open transaction stalls slot creation
         with connect(settings.database.dsn, autocommit=True) as conn:
             wait_until(lambda conn=conn: conn.execute(
                 "SELECT count(*) FILTER (WHERE srsubstate <> 'r') = 0 AND count(*) > 0"

@@ -55,7 +55,7 @@ def deployment() -> Iterator[Deployment]:
 def test_readings_reach_central_and_outlive_site_retention(deployment: Deployment) -> None:
     central, a = deployment.central, deployment.sites["site-a"]
     steps = link(a, central)
-    assert "created subscription bacpipes_site_a_readings" in steps
+    assert "created subscription bacpipes_site_a" in steps
     assert link(a, central) == ["already linked: nothing to do"]  # re-running is safe
     linked(deployment, "site-a")
     linked(deployment, "site-b")
@@ -136,7 +136,7 @@ def test_central_down_while_the_site_ingests_200k_readings(deployment: Deploymen
         insert_readings(a.database.dsn, "site-a", start + timedelta(minutes=10 + batch * 90), 50_000)
     with connect(a.database.dsn) as conn:
         slots = {s["slot_name"]: s for s in site_slots(conn)}
-    assert slots["bacpipes_site_a_readings"]["lag_bytes"] > 1_000_000  # held for central, not lost
+    assert slots["bacpipes_site_a"]["lag_bytes"] > 1_000_000  # held for central, not lost
     deployment.central_cluster.start()
 
     expected = totals(a.database.dsn, "site-a")
@@ -250,7 +250,7 @@ def test_a_lost_slot_is_detected_and_resynced_without_a_gap(deployment: Deployme
     central_conf = write_config(tmp_path / "central.toml", deployment.central)
     assert bacpipes("central", "init", "--config", central_conf).returncode == 0  # idempotent
     linking = bacpipes("site", "link", "--site-config", site_conf, "--central-config", central_conf)
-    assert linking.returncode == 0 and "created subscription bacpipes_site_a_readings" in linking.stdout
+    assert linking.returncode == 0 and "created subscription bacpipes_site_a" in linking.stdout
     wait_synced(deployment, "site-a")
     start = datetime.now(UTC).replace(hour=0, minute=0)
     insert_readings(a.database.dsn, "site-a", start, 1000)
@@ -266,7 +266,7 @@ def test_a_lost_slot_is_detected_and_resynced_without_a_gap(deployment: Deployme
             conn.execute("SELECT pg_switch_wal()")
             conn.execute("CHECKPOINT")
     status = bacpipes("site", "status", "--config", site_conf)
-    assert status.returncode == 1 and "slot bacpipes_site_a_readings: lost" in status.stdout, status.stdout
+    assert status.returncode == 1 and "slot bacpipes_site_a: lost" in status.stdout, status.stdout
     deployment.central_cluster.start()
     time.sleep(2)
     alert = bacpipes("central", "status", "--config", central_conf)
