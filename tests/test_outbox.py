@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,10 +18,20 @@ from bacpipes.replication import (
     OUTBOUND,
     commands_publication,
     link,
+    old_subscriptions,
     resync,
+    site_subscription,
 )
 from bacpipes.settings import Settings
-from tests.replication_harness import SITES, Deployment, certificate_dir, wait_synced, wait_until
+from tests.replication_harness import (
+    SITES,
+    Deployment,
+    certificate_dir,
+    insert_readings,
+    totals,
+    wait_synced,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +53,8 @@ def senders(settings: Settings) -> list[str]:
     """The slot each WAL sender of the server streams from."""
     with connect(settings.database.dsn) as conn:
         return [r[0] for r in conn.execute(
-            "SELECT s.slot_name FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid"
-            " ORDER BY 1").fetchall()]
+            "SELECT s.slot_name FROM pg_stat_replication r"
+            " JOIN pg_replication_slots s ON s.active_pid = r.pid ORDER BY 1").fetchall()]
 
 
 def command_on_central(central: Settings, site_id: str, value: float) -> uuid.UUID:
@@ -141,3 +152,40 @@ def test_resync_subscribes_afresh_when_the_commands_slot_is_gone(deployment: Dep
     assert "the site's commands slot was missing: subscribing afresh" in steps, steps
     arrives(a, missed)
     assert rows(a, "SELECT count(*) FROM write_commands WHERE id = %s", missed) == [(1,)]
+
+
+def test_a_link_with_two_subscriptions_on_central_becomes_one(deployment: Deployment) -> None:
+    """Links made before one subscription per site had two (readings, meta): the next link resyncs them."""
+    central, b = deployment.central, deployment.sites["site-b"]
+    link(b, central)
+    wait_synced(deployment, "site-b")
+    with connect(central.database.dsn, autocommit=True) as conn:  # put the old pair back by hand
+        conninfo = conn.execute("SELECT subconninfo FROM pg_subscription WHERE subname = %s",
+                                (site_subscription("site-b"),)).fetchone()[0]
+    unlink_subscription(central, site_subscription("site-b"))
+    for name, publication in zip(old_subscriptions("site-b"), ("bacpipes_readings", "bacpipes_meta"),
+                                 strict=True):
+        with connect(central.database.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SUBSCRIPTION {name} CONNECTION '{conninfo}' PUBLICATION {publication}"
+                         " WITH (copy_data = false)")
+            conn.execute("UPDATE site SET readings_subscription = %s WHERE site_id = 'site-b'"
+                         if "readings" in name else
+                         "UPDATE site SET meta_subscription = %s WHERE site_id = 'site-b'", (name,))
+    insert_readings(b.database.dsn, "site-b", datetime.now(UTC), 200)
+    wait_until(lambda: totals(central.database.dsn, "site-b")[0] >= 200, 30, "readings on the old pair")
+
+    steps = link(b, central)
+    assert f"created subscription {site_subscription('site-b')}" in steps, steps
+    with connect(central.database.dsn) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT subname FROM pg_subscription WHERE subname LIKE 'bacpipes_site_b%' ORDER BY 1")]
+    assert names == [site_subscription("site-b")]
+    wait_synced(deployment, "site-b")
+    insert_readings(b.database.dsn, "site-b", datetime.now(UTC) + timedelta(minutes=5), 300)
+    wait_until(lambda: totals(central.database.dsn, "site-b") == totals(b.database.dsn, "site-b"), 30,
+               "every reading of site-b on central, once")
+
+
+def unlink_subscription(settings: Settings, name: str) -> None:
+    with connect(settings.database.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SUBSCRIPTION {name}")
