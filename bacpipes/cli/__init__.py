@@ -359,12 +359,13 @@ def _site_status(args: argparse.Namespace) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     from bacpipes import certs
-    from bacpipes.replication import CENTRAL_ROLE, site_role
+    from bacpipes.replication import CENTRAL_ROLE, OUTBOX_ROLE, site_role
 
     out = Path(args.out)
     certs.ensure_ca(out)
-    certs.issue_server(out, "central", args.central_host)
-    certs.issue_client(out, CENTRAL_ROLE)
+    certs.issue_server(out, "central", args.central_host)  # central's outbox, on the same host, too
+    for role in (CENTRAL_ROLE, OUTBOX_ROLE):
+        certs.issue_client(out, role)
     for site_id, host in (s.split("=", 1) for s in args.site):
         certs.issue_server(out, f"site-{site_id}", [host])
         certs.issue_client(out, site_role(site_id))
