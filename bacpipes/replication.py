@@ -238,9 +238,10 @@ def _drop_publication(conn: psycopg.Connection, name: str, say: Steps) -> None:
 
 def _ensure_subscription(
     conn: psycopg.Connection, name: str, conninfo: str, publications: list[str], say: Steps,
-    slot: str | None = None,
+    slot: str | None = None, options: str = "",
 ) -> None:
-    """`slot`: the slot's name on the publisher, which must be unique there (default: `name`)."""
+    """`slot`: the slot's name on the publisher, which must be unique there (default: `name`);
+    `options`: more of CREATE SUBSCRIPTION's WITH options."""
     if _has(conn, "pg_subscription", "subname", name):
         # new tables in the publication (a link made by an older version) start replicating; existing
         # ones are not copied again
@@ -248,9 +249,10 @@ def _ensure_subscription(
             sql.Identifier(name)))
         return
     conn.execute(
-        sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {})").format(
+        sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}{})").format(
             sql.Identifier(name), sql.Literal(conninfo),
             sql.SQL(", ").join(sql.Identifier(p) for p in publications), sql.Literal(slot or name),
+            sql.SQL(f", {options}" if options else ""),
         )
     )
     say(f"created subscription {name}")
@@ -312,7 +314,10 @@ def link_outbox(central: Settings) -> list[str]:
         _require_logical(o, "the outbox")
         _ensure_role(c, OUTBOX_ROLE, CENTRAL_TABLES, say)
         _ensure_publication(c, OUTBOUND, outbound_rows(), "publish = 'insert'", say)
-        _ensure_subscription(o, OUTBOUND, conninfo_to(central, box, OUTBOX_ROLE), [OUTBOUND], say)
+        # flushed at each commit: a WAL sender sends only flushed WAL, and an apply worker's commits are
+        # otherwise asynchronous (flushed every wal_writer_delay, 200 ms: measured, 202 ms a command)
+        _ensure_subscription(o, OUTBOUND, conninfo_to(central, box, OUTBOX_ROLE), [OUTBOUND], say,
+                             options="synchronous_commit = 'local'")
     return say.done
 
 

@@ -6,7 +6,10 @@
 (2) catch-up after an outage: central stopped while the site ingests `--outage` readings (measured:
     the site's own ingest rate, the baseline), then started; catch-up rate = readings / time until
     central holds them all, printed as a ratio of the site's rate.
-    python -m benchmarks.bench_replication [--seconds 30] [--rate 5000] [--outage 200000]
+(3) a command's way to its site: `--commands` commands written on central one after another, each timed
+    from its commit on central to its row on the site, sent from central's outbox (issue 19), then, after a
+    relink, from central itself; the ratio outbox / central of the medians.
+    python -m benchmarks.bench_replication [--seconds 30] [--rate 5000] [--outage 200000] [--commands 200]
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from tests.replication_harness import Deployment, certificate_dir, insert_readings, linked, totals
+from bacpipes.replication import link
+from tests.replication_harness import (
+    Deployment,
+    certificate_dir,
+    classic,
+    command_latency,
+    insert_readings,
+    linked,
+    totals,
+    wait_synced,
+)
 
 SITE = "site-a"
 POINTS = 500
@@ -87,13 +100,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rate", type=int, default=5000, help="readings per second during (1)")
     parser.add_argument("--outage", type=int, default=200_000, help="readings ingested while central is down")
+    parser.add_argument("--commands", type=int, default=200, help="commands timed each way in (3)")
     args = parser.parse_args()
     with certificate_dir() as directory:
-        d = Deployment(directory, (SITE,))
+        d = Deployment(directory, (SITE,), outbox=True)
         try:
             linked(d, SITE)
             samples, achieved = lag_under_load(d, args.seconds, args.rate)
             site_rate, central_rate = catch_up(d, args.outage)
+            via_outbox = command_latency(d.central, d.sites[SITE], args.commands)
+            link(d.sites[SITE], classic(d.central))
+            wait_synced(d, SITE)
+            direct = command_latency(d.central, d.sites[SITE], args.commands)
         finally:
             d.close()
     ms = sorted(s * 1000 for s in samples)
@@ -102,6 +120,12 @@ def main() -> None:
           f"median {statistics.median(ms):.0f} ms, p99 {p99:.0f} ms (target p99 < 2,000 ms)")
     print(f"(2) {args.outage:,} readings during the outage: site ingested {site_rate:,.0f} rows/s; central "
           f"caught up at {central_rate:,.0f} rows/s = {central_rate / site_rate:.2f}x the site's rate")
+    for name, seconds in (("from the outbox", via_outbox), ("from central", direct)):
+        ms = sorted(x * 1000 for x in seconds)
+        print(f"(3) {len(ms)} commands {name}: median {statistics.median(ms):.1f} ms, "
+              f"p99 {ms[min(len(ms) - 1, int(len(ms) * 0.99))]:.1f} ms, max {ms[-1]:.1f} ms")
+    print(f"(3) outbox / central, medians: {statistics.median(via_outbox) / statistics.median(direct):.2f}x "
+          "(one hop more; target: a command on its site within a second)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pwd
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -109,6 +110,28 @@ class Deployment:
     def close(self) -> None:
         for cluster in self.clusters:
             cluster.cleanup()
+
+
+def classic(central: Settings) -> Settings:
+    """The same central without its outbox: it publishes to its sites itself."""
+    return central.model_copy(update={"central": central.central.model_copy(update={"outbox_dsn": None})})
+
+
+def command_latency(central: Settings, site: Settings, count: int) -> list[float]:
+    """Seconds from a command's commit on central to its row on the site, `count` commands in turn."""
+    out = []
+    c = connect(central.database.dsn, autocommit=True)
+    with c, connect(site.database.dsn, autocommit=True) as s:
+        for i in range(count):
+            command = uuid.uuid4()
+            start = time.monotonic()
+            c.execute("INSERT INTO write_commands (id, site_id, point_id, command_type, value, priority,"
+                      " source, created_by) VALUES (%s, %s, 1, 'write_value', %s, 8, 'central', 'bench')",
+                      (command, site.site.id, 20 + i % 5))
+            while not s.execute("SELECT 1 FROM write_commands WHERE id = %s", (command,)).fetchone():
+                time.sleep(0.002)
+            out.append(time.monotonic() - start)
+    return out
 
 
 def insert_readings(dsn: str, site_id: str, start: datetime, count: int, points: int = 100) -> None:

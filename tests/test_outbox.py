@@ -27,6 +27,7 @@ from tests.replication_harness import (
     SITES,
     Deployment,
     certificate_dir,
+    classic,
     insert_readings,
     totals,
     wait_synced,
@@ -42,11 +43,6 @@ def deployment() -> Iterator[Deployment]:
             yield d
         finally:
             d.close()
-
-
-def classic(central: Settings) -> Settings:
-    """The same central without its outbox: it publishes to its sites itself."""
-    return central.model_copy(update={"central": central.central.model_copy(update={"outbox_dsn": None})})
 
 
 def senders(settings: Settings) -> list[str]:
