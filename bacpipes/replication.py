@@ -39,6 +39,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from bacpipes.capacity import refuse_if_full
 from bacpipes.certs import client_conninfo
 from bacpipes.db import connect
 from bacpipes.errors import UserError
@@ -344,7 +345,8 @@ def link(site: Settings, central: Settings) -> list[str]:
     central (before one per site) is resynced into one."""
     site_id = site.site.id
     subscription = site_subscription(site_id)
-    with connect(central.database.dsn, autocommit=True) as c:
+    with connect(central.database.dsn, autocommit=True) as c, _sender(central, c) as (o, _):
+        refuse_if_full(c, None if o is c else o, site_id)  # before anything is made on either side
         two = any(_has(c, "pg_subscription", "subname", name) for name in old_subscriptions(site_id))
     say = Steps(resync(site, central) if two else [])
     with _both(site, central) as (s, c), _sender(central, c) as (o, sender):

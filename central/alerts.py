@@ -29,6 +29,12 @@ How each rule judges, and why:
   3 x its `heartbeat_s` (default 10 s), or none at all while the site has published points. On central
   the heartbeat's age *is* the replication lag, so only "never any agent health while the site has points"
   is judged there; a silent agent shows as replication lag.
+- central_slots: on central, central's own slots and its outbox's (`[central] outbox_dsn`), which the
+  sites' subscriptions to them hold: each is bounded by `max_slot_wal_keep_size` (set by `central init`),
+  so a site away too long loses its slot instead of filling central's disk. Warned while there is time
+  (less than half the bound left, `safe_wal_size`), critical once `unreserved` (lost at the next
+  checkpoint) or `lost` (the site needs `bacpipes site resync`). A slot named for a site is that site's;
+  any other (the outbox's subscription to central) is central-wide.
 - db_down: the database refuses or times out. The alert cannot be stored where it belongs, so it is sent
   directly once the outage has lasted `db_down_s` (remembered across runs in `alerts.state_path`), once
   per outage, and recorded (raised and resolved) in `alerts` when the database answers again.
@@ -53,6 +59,7 @@ from bacpipes.replication import (
     COMMANDS_SUBSCRIPTION,
     agent_silent,
     central_status,
+    commands_publication,
     heartbeat_every,
     is_central,
     linked_sites,
@@ -61,7 +68,9 @@ from bacpipes.settings import AlertSettings, Settings
 
 log = logging.getLogger(__name__)
 
-RULES = ("replication_lag", "write_failures", "read_failures", "disk_free", "agent_offline", "db_down")
+RULES = ("replication_lag", "write_failures", "read_failures", "disk_free", "agent_offline", "central_slots",
+         "db_down")
+SLOT_WARN_FRACTION = 0.5  # central_slots warns once a slot has less than this share of its bound left
 _LOCK = 0x0BAC_A1E7  # one alert evaluation at a time per database: two runs must not both raise
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
@@ -245,6 +254,45 @@ def agent_offline(conn: psycopg.Connection, site_id: str, central: bool) -> Verd
     return Verdict("agent_offline", site_id, message, "critical")
 
 
+CENTRAL_SLOTS = """
+SELECT %(server)s, slot_name, wal_status, safe_wal_size,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size')
+FROM pg_replication_slots
+WHERE slot_type = 'logical' AND slot_name LIKE 'bacpipes%%' AND database = current_database()
+ORDER BY slot_name
+"""
+
+
+def central_slots(conn: psycopg.Connection, settings: Settings) -> list[Verdict]:
+    rows = conn.execute(CENTRAL_SLOTS, {"server": "central"}).fetchall()
+    if settings.central.outbox_dsn:
+        with psycopg.connect(settings.central.outbox_dsn, autocommit=True,
+                             connect_timeout=settings.alerts.connect_timeout_s) as box:
+            rows += box.execute(CENTRAL_SLOTS, {"server": "outbox"}).fetchall()
+    return judge_central_slots(linked_sites(conn), rows)
+
+
+def judge_central_slots(site_ids: list[str], slots: Iterable[tuple]) -> list[Verdict]:
+    """`slots`: (server, slot, wal_status, safe_wal_size bytes, max_slot_wal_keep_size MB or -1)."""
+    owner = {commands_publication(site_id): site_id for site_id in site_ids}
+    problems: dict[str | None, list[str]] = {site_id: [] for site_id in (*site_ids, None)}
+    critical: set[str | None] = set()
+    for server, slot, wal_status, safe_bytes, keep_mb in slots:
+        site_id = owner.get(slot)
+        if wal_status == "lost":
+            problems[site_id].append(f"{server} slot {slot} is lost: `bacpipes site resync` reconnects it")
+            critical.add(site_id)
+        elif wal_status == "unreserved":
+            problems[site_id].append(f"{server} slot {slot} is unreserved: past max_slot_wal_keep_size, lost "
+                                     "at the next checkpoint")
+            critical.add(site_id)
+        elif keep_mb > 0 and safe_bytes is not None and safe_bytes < SLOT_WARN_FRACTION * keep_mb * 2**20:
+            problems[site_id].append(f"{server} slot {slot} can keep {safe_bytes / 2**20:.0f} MB more WAL of "
+                                     f"max_slot_wal_keep_size {keep_mb} MB: its subscriber is away or behind")
+    return [Verdict("central_slots", site_id, "; ".join(found) or None,
+                    "critical" if site_id in critical else "warning") for site_id, found in problems.items()]
+
+
 def evaluate(conn: psycopg.Connection, settings: Settings, central: bool) -> list[Verdict]:
     """Every rule's verdicts; a rule that fails is logged and gives none, so the others still count."""
     verdicts: list[Verdict | None] = []
@@ -255,6 +303,8 @@ def evaluate(conn: psycopg.Connection, settings: Settings, central: bool) -> lis
             ("read_failures", lambda s=site_id: [read_failures(conn, settings.alerts, s)]),
             ("agent_offline", lambda s=site_id: [agent_offline(conn, s, central)]),
         ]
+    if central:
+        checks.append(("central_slots", lambda: central_slots(conn, settings)))
     checks.append(("disk_free", lambda: [disk_free(conn, settings, None if central else settings.site.id)]))
     for rule, check in checks:
         try:

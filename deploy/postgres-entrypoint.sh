@@ -7,7 +7,9 @@
 #    PostgreSQL refuses a private key it does not own, and the host directory can stay owned by root.
 #    The server presents its own pair; its subscriptions present the client pair found there too.
 # 2. Starts the image's own entrypoint with the settings deploy/replication.md documents (logical
-#    replication, TLS 1.3 only, pg_hba.conf from deploy/pg_hba.conf). Arguments given to this script
+#    replication, TLS 1.3 only, pg_hba.conf from deploy/pg_hba.conf). The settings that grow with the
+#    number of sites are not set here: `bacpipes central init --sites N` writes them (ALTER SYSTEM), which
+#    a `-c` on the command line would override for good. Arguments given to this script
 #    (the compose `command`) are appended, so a deployment can add `-c name=value`.
 #
 # PG_SERVER_CERT names the server pair: `central` on central; on a site it defaults to
@@ -30,8 +32,6 @@ exec docker-entrypoint.sh postgres \
     -c listen_addresses='*' \
     -c hba_file=/etc/bacpipes/pg_hba.conf \
     -c wal_level=logical \
-    -c max_logical_replication_workers=16 \
-    -c max_worker_processes=24 \
     -c ssl=on \
     -c ssl_cert_file="$certs/$name.crt" \
     -c ssl_key_file="$certs/$name.key" \

@@ -306,21 +306,33 @@ def _authority(args: argparse.Namespace) -> int:
 def _central_init(args: argparse.Namespace) -> int:
     from central.setup import init_central
 
-    setup, retention = init_central(load_settings(args.config))
+    setup, retention, capacity = init_central(load_settings(args.config), args.sites)
     print(f"applied {len(setup.applied)} migration(s); {retention.summary()}")
+    for line in capacity:
+        print(line)
     return 0
 
 
 def _central_status(args: argparse.Namespace) -> int:
+    from bacpipes.capacity import room_line, sync_states
     from bacpipes.db import connect
     from bacpipes.replication import central_status
 
     settings = load_settings(args.config)
+    box = settings.central.outbox_dsn
     with connect(settings.database.dsn) as conn:
         links = central_status(conn)
+    syncs = []
+    for server, dsn in (("central", settings.database.dsn), ("outbox", box)):
+        if dsn is not None:  # the outbox's own subscription to central can be stuck too
+            with connect(dsn) as conn:
+                syncs += [s.stuck(settings.replication.lag_alert_s) for s in sync_states(conn)]
+                print(room_line(conn, server, box is not None, len(links)))
     if not links:
         print("no sites linked")
-    worst = 0
+    worst = 1 if any(syncs) else 0
+    for stuck in filter(None, syncs):
+        print(f"ALERT: {stuck}")
     for link in links:
         problems = link.problems(settings.replication.lag_alert_s)
         worst = max(worst, 1 if problems else 0)
@@ -626,9 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=_users)
 
     central = sub.add_parser("central").add_subparsers(dest="central_command", required=True)
-    with_config(central.add_parser("init", help="prepare the central database")).set_defaults(
-        func=_central_init
-    )
+    init = with_config(central.add_parser("init", help="prepare the central database"))
+    init.add_argument("--sites", type=int, help="the sites to plan for: raises the replication settings that "
+                      "grow with them (a restart applies them); without, they are only checked")
+    init.set_defaults(func=_central_init)
     with_config(central.add_parser("status", help="replication lag and health per site")).set_defaults(
         func=_central_status
     )
