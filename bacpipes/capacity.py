@@ -214,11 +214,13 @@ class Sync:
     waiting: tuple[tuple[str, str], ...]  # (table, srsubstate) not yet synchronized
     workers: int  # table-sync workers running for them
     longest_s: float | None  # the oldest of those workers' age
+    apply_s: float | None = None  # the subscription's apply worker's age (None: not running)
 
     def stuck(self, limit_s: float) -> str | None:
-        """Why it is stuck, or None while it is making progress."""
+        """Why it is stuck, or None while it is making progress (or has only just started: its apply
+        worker starts the table syncs, one after another)."""
         tables = ", ".join(f"{t} ({state})" for t, state in self.waiting)
-        if self.workers == 0:
+        if self.workers == 0 and not (self.apply_s is not None and self.apply_s < START_GRACE_S):
             return (f"initial sync of {self.subscription} stuck: {tables} wait and no table-sync worker runs "
                     "(central out of workers, origins or slots? `bacpipes central init --sites N`, restart)")
         if self.longest_s is not None and self.longest_s > limit_s:
@@ -226,13 +228,18 @@ class Sync:
         return None
 
 
+START_GRACE_S = 10.0  # an apply worker starts its table syncs within seconds (retries every 5 s)
+
 SYNCS = """
 SELECT s.subname, r.srrelid::regclass::text, r.srsubstate::text, w.pid,
-       extract(epoch FROM clock_timestamp() - a.backend_start)::float8
+       extract(epoch FROM clock_timestamp() - a.backend_start)::float8,
+       extract(epoch FROM clock_timestamp() - aa.backend_start)::float8
 FROM pg_subscription s
 JOIN pg_subscription_rel r ON r.srsubid = s.oid
 LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid = r.srrelid
 LEFT JOIN pg_stat_activity a ON a.pid = w.pid
+LEFT JOIN pg_stat_subscription m ON m.subid = s.oid AND m.relid IS NULL
+LEFT JOIN pg_stat_activity aa ON aa.pid = m.pid
 WHERE s.subenabled AND r.srsubstate IN ('i', 'd', 'f')
   AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY s.subname, 2
@@ -243,14 +250,16 @@ def sync_states(conn: psycopg.Connection) -> list[Sync]:
     """The subscriptions with tables still waiting for their copy ('i', 'd', 'f'; 's' is done and only
     waits for the apply worker to mark it ready)."""
     grouped: dict[str, list[tuple[str, str, int | None, float | None]]] = {}
-    for name, table, state, pid, age in conn.execute(SYNCS).fetchall():
+    apply: dict[str, float | None] = {}
+    for name, table, state, pid, age, apply_age in conn.execute(SYNCS).fetchall():
         grouped.setdefault(name, []).append((table, state, pid, age))
+        apply[name] = apply_age
     out = []
     for name, rows in grouped.items():
         running = [age for _, _, pid, age in rows if pid is not None]
         ages = [age for age in running if age is not None]
         waiting = tuple((table, state) for table, state, _, _ in rows)
-        out.append(Sync(name, waiting, len(running), max(ages) if ages else None))
+        out.append(Sync(name, waiting, len(running), max(ages) if ages else None, apply[name]))
     return out
 
 

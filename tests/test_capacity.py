@@ -135,9 +135,12 @@ def test_status_shows_a_sync_stuck_for_want_of_workers(deployment: SizedCentral,
     set_and_restart(d, max_logical_replication_workers=2)
     wait_until(lambda: b"out of logical replication worker slots" in log.read_bytes()[logged:], 30,
                "central to run out of workers")
-    with psycopg.connect(d.central.database.dsn) as conn:
+    with psycopg.connect(d.central.database.dsn, autocommit=True) as conn:
         stuck = {s.subscription: s for s in sync_states(conn)}
-    assert list(stuck) == [site_subscription("site-b")] and stuck[site_subscription("site-b")].workers == 0
+        assert list(stuck) == [site_subscription("site-b")]
+        assert stuck[site_subscription("site-b")].workers == 0
+        wait_until(lambda: sync_states(conn)[0].stuck(300) is not None, 30,  # past its start-up grace
+                   "the sync to count as stuck")
     status = bacpipes("central", "status", "--config", conf)
     assert status.returncode == 1
     assert f"ALERT: initial sync of {site_subscription('site-b')} stuck:" in status.stdout

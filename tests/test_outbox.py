@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,7 @@ from tests.replication_harness import (
     wait_synced,
     wait_until,
 )
+from tests.test_replication import bacpipes, write_config
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +187,18 @@ def test_a_link_with_two_subscriptions_on_central_becomes_one(deployment: Deploy
 def unlink_subscription(settings: Settings, name: str) -> None:
     with connect(settings.database.dsn, autocommit=True) as conn:
         conn.execute(f"DROP SUBSCRIPTION {name}")
+
+
+def test_central_status_counts_the_room_on_central_and_its_outbox(deployment: Deployment, tmp_path: Path
+                                                                  ) -> None:
+    """tls_cluster's 10 WAL senders and slots: the outbox (a sender per site) has room for 8 sites, and
+    central (one sender, the outbox's) is held by its 16 replication workers, 2 kept for table syncs."""
+    for site_id in SITES:
+        link(deployment.sites[site_id], deployment.central)
+        wait_synced(deployment, site_id)
+    conf = write_config(tmp_path / "central.toml", deployment.central)
+    with conf.open("a") as f:
+        f.write(f"[central]\noutbox_dsn = '{deployment.central.central.outbox_dsn}'\n")
+    status = bacpipes("central", "status", "--config", conf)
+    assert "central: room for 8 site(s) as it runs now; 2 linked" in status.stdout, status.stdout
+    assert "outbox: room for 8 site(s) as it runs now; 2 linked" in status.stdout, status.stdout
