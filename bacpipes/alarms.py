@@ -248,7 +248,8 @@ async def watch(settings: Settings, stop: asyncio.Event, rules: AlarmRules | Non
             changes = await asyncio.to_thread(_check_once, settings.database.dsn, band)
             for alert in changes.raised:
                 log.warning("alarm: %s", alert.text())
-            await asyncio.to_thread(deliver, changes.raised, settings.alerts)  # the webhook and mail, if set
+            # every channel set in [alerts]; resolves go to PagerDuty, which closes the incident
+            await asyncio.to_thread(deliver, changes.raised, settings.alerts, resolved=changes.resolved)
         except Exception:  # the database away, or not migrated yet: polling must go on
             log.exception("out-of-band alarm round failed")
         with contextlib.suppress(TimeoutError):

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -267,8 +275,18 @@ class SpoolSettings(BaseModel):
 class AlertSettings(BaseModel):
     """The operations alert rules (`central.alerts`) and where new alerts are sent.
 
-    Nothing is sent unless webhook_url or smtp_host + mail_to are set; alerts are stored either way. The
-    SMTP password belongs in the environment (BACPIPES_ALERTS__SMTP_PASSWORD), never in the TOML file.
+    Nothing is sent unless a channel is set; alerts are stored either way. Channels (`bacpipes.alerts`):
+    webhook_url; e-mail (smtp_host + mail_to); Telegram (telegram_bot_token + telegram_chat_id: one
+    sendMessage per batch of new alerts); PagerDuty Events v2 (pagerduty_routing_key: a trigger per new
+    alert and a resolve when it clears, deduplicated per rule, site and point); SMS through an HTTP gateway
+    (sms_url + sms_to: one message per number per batch). The *_url bases default to the real services and
+    exist so tests (or a proxy) can point elsewhere. In sms_url, sms_headers and sms_body's strings,
+    {to}, {text} and {token} become the number, the message and sms_token (URL-quoted in sms_url);
+    sms_body is sent as JSON, or as an HTML form with sms_body_format = "form" (Twilio's style), or not at
+    all with sms_method = "GET".
+
+    Secrets belong in the environment, never in the TOML file: BACPIPES_ALERTS__SMTP_PASSWORD,
+    BACPIPES_ALERTS__TELEGRAM_BOT_TOKEN, BACPIPES_ALERTS__PAGERDUTY_ROUTING_KEY, BACPIPES_ALERTS__SMS_TOKEN.
     """
 
     webhook_url: str | None = None  # HTTP POST, one JSON object per new alert (Slack-style "text" included)
@@ -279,6 +297,18 @@ class AlertSettings(BaseModel):
     smtp_password: str | None = None
     mail_from: str = "bacpipes@localhost"
     mail_to: list[str] = []
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None  # a chat's id (groups are negative) or "@channelname"
+    telegram_api_url: str = "https://api.telegram.org"  # POST {this}/bot<token>/sendMessage
+    pagerduty_routing_key: SecretStr | None = None  # an Events API v2 integration key
+    pagerduty_url: str = "https://events.pagerduty.com"  # POST {this}/v2/enqueue
+    sms_url: str | None = None
+    sms_to: list[str] = []  # numbers, E.164 ("+4479...")
+    sms_method: Literal["POST", "GET"] = "POST"
+    sms_body: dict[str, Any] = {"to": "{to}", "text": "{text}"}
+    sms_body_format: Literal["json", "form"] = "json"
+    sms_headers: dict[str, str] = {}  # e.g. {Authorization = "Bearer {token}"}
+    sms_token: SecretStr | None = None
     delivery_timeout_s: float = Field(10.0, gt=0)
     # the seed's thresholds
     write_failure_rate: float = Field(0.05, ge=0, le=1)  # failed / (completed + failed), last hour

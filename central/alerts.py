@@ -1,7 +1,7 @@
 """Operations alerts: the seed's rules, judged against a site or the central database, stored in `alerts`
-and sent to a webhook and by e-mail when they are new. `raise_alert` is the one writer of that table (the
-flows raise theirs through it too) and `deliver` the one way out (both in `bacpipes.alerts`, so the site's
-edge sends what it raises too).
+and sent when they are new (webhook, e-mail, Telegram, SMS; PagerDuty also hears when they clear).
+`raise_alert` is the one writer of that table (the flows raise theirs through it too) and `deliver` the
+one way out (both in `bacpipes.alerts`, so the site's edge sends what it raises too).
 
 Each rule gives a verdict per site (a message when the condition holds, None when it does not). An open
 alert is never raised twice for the same rule and site; it is resolved when a later verdict is healthy.
@@ -46,7 +46,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -364,7 +364,7 @@ class Run:
         return {"database": self.database, "central": self.central,
                 "raised": [a.as_json() for a in self.raised],
                 "resolved": [a.as_json() for a in self.resolved],
-                "open": self.open, "delivery": asdict(self.delivery)}
+                "open": self.open, "delivery": self.delivery.as_json()}
 
 
 def run_alerts(settings: Settings, central: bool | None = None) -> Run:
@@ -382,7 +382,7 @@ def run_alerts(settings: Settings, central: bool | None = None) -> Run:
         changes = apply(conn, evaluate(conn, settings, central), monitored)
         count = conn.execute("SELECT count(*) FROM alerts WHERE resolved_at IS NULL").fetchone()[0]  # type: ignore[index]
     result = Run("up", central, changes.raised, changes.resolved + recovered, count)
-    result.delivery = deliver(changes.raised, conf)
+    result.delivery = deliver(changes.raised, conf, resolved=result.resolved)  # resolves: PagerDuty only
     return result
 
 
