@@ -328,6 +328,15 @@ class BackupSettings(BaseModel):
     # `flows serve` runs the daily backup; off where an administrator's job makes them (deploy/: pg_dump
     # reads every table, password hashes included, which the flows' own database role may not)
     scheduled: bool = True
+    # central's point-in-time recovery (central/pitr.py, pgBackRest): its config, log and lock files in
+    # pitr_dir, the repository in pitr_repo (default <pitr_dir>/repo), both owned by the server's user.
+    # pgBackRest reads the data directory itself, so it runs on central's host, as the server's user.
+    pitr_dir: str = "var/pgbackrest"
+    pitr_repo: str | None = None
+    pitr_stanza: str = "central"
+    pitr_retention_days: int = Field(30, ge=1)  # any time this far back can be restored
+    pitr_pg_data: str | None = None  # central's data directory (needed to back up, not to restore)
+    pitr_pg_socket: str = "/var/run/postgresql"  # pgBackRest reaches the server on its unix socket only
 
 
 class UiSettings(BaseModel):

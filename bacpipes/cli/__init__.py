@@ -313,6 +313,36 @@ def _central_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _central_backup(args: argparse.Namespace) -> int:
+    from central.pitr import backup, stanza_from_settings
+
+    settings = load_settings(args.config)
+    done = backup(stanza_from_settings(settings.backups, settings.database.dsn), args.kind)
+    print(f"{done.kind} backup {done.label}: database {done.size} bytes, {done.repo_size} bytes added to the "
+          f"repository, {done.started:%Y-%m-%d %H:%M:%S} to {done.stopped:%H:%M:%S} UTC")
+    return 0
+
+
+def _central_restore(args: argparse.Namespace) -> int:
+    """pgBackRest restores into <into>/data; the server started there replays WAL up to --to and promotes
+    itself. It listens on loopback only: check it, then point central's service at that data directory."""
+    from bacpipes.cli.servers import PostgresCluster
+    from central.pitr import restore, stanza_from_settings, wait_promoted
+
+    try:
+        to = datetime.fromisoformat(args.to)
+    except ValueError:
+        raise UserError(f"--to {args.to!r} is not an ISO time, e.g. 2026-11-29T05:20:00+00:00") from None
+    settings = load_settings(args.config)
+    root = Path(args.into).absolute()
+    restore(stanza_from_settings(settings.backups, settings.database.dsn), to, root / "data")
+    cluster = PostgresCluster(root, port=args.port).start(timeout=args.timeout)
+    wait_promoted(cluster.dsn(), args.timeout)
+    print(f"restored to {to.isoformat()} in {cluster.data}, promoted; running on {cluster.url()}"
+          f" (log {cluster.log})")
+    return 0
+
+
 def _central_status(args: argparse.Namespace) -> int:
     from bacpipes.capacity import room_line, sync_states
     from bacpipes.db import connect
@@ -645,6 +675,23 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(central.add_parser("status", help="replication lag and health per site")).set_defaults(
         func=_central_status
     )
+    pitr_backup = with_config(central.add_parser(
+        "backup", help="a pgBackRest backup of central (point-in-time recovery; [backups] pitr_*)"))
+    kinds = pitr_backup.add_mutually_exclusive_group()
+    kinds.add_argument("--full", dest="kind", action="store_const", const="full", help="a full backup")
+    kinds.add_argument("--incr", dest="kind", action="store_const", const="incr",
+                       help="only the files changed since the last backup (the default; full if none yet)")
+    pitr_backup.set_defaults(func=_central_backup, kind="incr")
+    pitr_restore = with_config(central.add_parser("restore", help="central as it was at a moment, restored "
+                                                                  "from pgBackRest into a new folder"))
+    pitr_restore.add_argument("--to", required=True, help="the moment, ISO 8601 with a timezone")
+    pitr_restore.add_argument("--into", required=True,
+                              help="a new folder: the data directory goes in <into>/data")
+    pitr_restore.add_argument("--port", type=int,
+                              help="the restored server's port on loopback (default: a free one)")
+    pitr_restore.add_argument("--timeout", type=float, default=3600.0,
+                              help="seconds to wait for the WAL replay")
+    pitr_restore.set_defaults(func=_central_restore)
 
     site = sub.add_parser("site").add_subparsers(dest="site_command", required=True)
     for name, text in (("link", "connect a site and central both ways (safe to re-run)"),
