@@ -257,7 +257,7 @@ def report(stages: list[Stage], mode: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("classic", "outbox"), default="classic")
+    parser.add_argument("--mode", choices=("classic", "outbox"), default="outbox")
     parser.add_argument("--sizes", default="10,40,100")
     parser.add_argument("--window", type=float, default=60.0)
     args = parser.parse_args()
