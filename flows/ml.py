@@ -5,6 +5,10 @@ Each flow takes a settings file (the central database, and `[site] id` = the sit
 time window; tasks retry on transient database errors (only those: a user's mistake or a bug fails at
 once). Alerts go through `central.alerts`, baselines through `central.baselines`.
 `bacpipes flows run NAME` runs one now.
+
+A site's work is submitted (`site_baseline`, `site_train`, `site_ab`) to the flow's task runner rather than
+run in the flow: these flows run it for one site, `flows.fleet`'s for many at once on a Dask cluster, the
+same tasks either way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import polars as pl
 import psycopg
 from prefect import Task, flow, get_run_logger, task
 from prefect.client.schemas.objects import TaskRun
+from prefect.futures import PrefectFuture, wait
 from prefect.states import State
 
 from bacpipes.db import connect
@@ -34,9 +39,22 @@ from models.setpoint import export, select
 from sim.closed_loop import closed_loop
 
 
-def _window(days: int, end: datetime | None) -> tuple[datetime, datetime]:
+def window(days: int, end: datetime | None) -> tuple[datetime, datetime]:
     end = end or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     return end - timedelta(days=days), end
+
+
+Steps = list[PrefectFuture[Any]]  # a site's submitted tasks, in order: the last one's result is the site's
+
+
+def outcome(steps: Steps) -> Any:
+    """The last step's result once every step is done, or the first failed step's own exception: a step
+    after a failed one never runs, and its state says only that."""
+    wait(steps)
+    for step in steps:
+        if not step.state.is_completed():
+            step.result()  # raises what the step raised
+    return steps[-1].result()
 
 
 def transient(task: Task, run: TaskRun, state: State) -> bool:
@@ -62,12 +80,17 @@ def fit_and_store_baseline(settings: Settings, start: datetime, end: datetime) -
             "meets_guideline_14": scored.meets_guideline_14, "hours": scored.n}
 
 
+def site_baseline(settings: Settings, start: datetime, end: datetime) -> Steps:
+    """The site's baseline fit, submitted: the caller decides when to wait (a fleet's run side by side)."""
+    return [fit_and_store_baseline.submit(settings, start, end)]
+
+
 @flow(name="baseline")
 def baseline_flow(config: str | None = None, days: int = 90, end: datetime | None = None) -> dict[str, Any]:
     """Fit the site's energy baseline on the last `days` days and store it with its metrics."""
     settings = load_settings(config)
-    start, stop = _window(days, end)
-    result = fit_and_store_baseline(settings, start, stop)
+    start, stop = window(days, end)
+    result = outcome(site_baseline(settings, start, stop))
     get_run_logger().info("baseline for %s: %s", settings.site.id, result)
     return result
 
@@ -96,7 +119,16 @@ def export_register_and_deploy(settings: Settings, zones: list[pl.DataFrame], mo
         if mode != "none":
             deploy(conn, settings.site.id, settings.ml.model, version, mode, "flow:train", "nightly training")
     return {"version": version, "sha256": digest, "metrics": trained.metrics, "family": trained.family,
-            "multistep_mae": trained.multistep, "path": str(path), "mode": mode}
+            "multistep_mae": trained.multistep, "path": str(path), "mode": mode,
+            "rows": sum(z.height for z in zones)}
+
+
+def site_train(settings: Settings, start: datetime, end: datetime, models_dir: Path, version: str,
+               mode: str) -> Steps:
+    """The site's training set, then its model trained, exported, registered and deployed, submitted: the
+    features pass from one task to the next without coming back through the flow."""
+    zones = training_set.submit(settings, start, end, timedelta(seconds=settings.ml.interval_s))
+    return [zones, export_register_and_deploy.submit(settings, zones, models_dir, version, mode)]
 
 
 @flow(name="train")
@@ -106,14 +138,12 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train on the last `days` days, export to ONNX (parity-checked), register, and deploy in `mode`."""
     settings = load_settings(config)
-    start, stop = _window(days, end)
-    every = timedelta(seconds=settings.ml.interval_s)
-    zones = training_set(settings, start, stop, every)
+    start, stop = window(days, end)
     version = version or datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     folder = Path(models_dir or settings.ml.models_dir)  # [ml] models_dir unless the caller names one
-    result = export_register_and_deploy(settings, zones, folder, version, mode)
+    result = outcome(site_train(settings, start, stop, folder, version, mode))
     get_run_logger().info("trained %s@%s (%s) on %d rows: %s", settings.ml.model, version, result["family"],
-                          sum(z.height for z in zones), result["metrics"])
+                          result["rows"], result["metrics"])
     return result
 
 
@@ -132,19 +162,11 @@ def ab_periods(settings: Settings, start: datetime, days: int, seed: int,
     return periods or switchback(start, days, seed=seed, switch_hour=switch_hour, tz=settings.site.tz)
 
 
-@flow(name="ab")
-def ab_flow(config: str | None = None, start: datetime | None = None, days: int = 14, seed: int = 0,
-            max_energy_loss: float = 0.02, max_extra_discomfort_kh: float = 0.5,
-            washout_h: float | None = None, switch_hour: int | None = None) -> dict[str, Any]:
-    """Evaluate the switchback from `start`; roll the model back (and raise an alert) if ML is worse.
-    Each period is scored after its washout (`washout_h`, default `[ab] washout_h`); `switch_hour`
-    (default `[ab] switch_hour`) only matters when no schedule was published (see `ab_periods`)."""
-    settings = load_settings(config)
-    start = start or _window(days, None)[0]
-    washout = settings.ab.washout_h if washout_h is None else washout_h
-    hour = settings.ab.switch_hour if switch_hour is None else switch_hour
-    periods = ab_periods(settings, start, days, seed, hour)
-    verdict = evaluate(score_periods(settings, periods, washout), max_energy_loss=max_energy_loss,
+@task  # no retries: a rollback committed before a failure must not roll back a second version
+def judge_ab(settings: Settings, periods: list[Period], results: list[PeriodResult], washout_h: float,
+             max_energy_loss: float, max_extra_discomfort_kh: float) -> dict[str, Any]:
+    """The verdict on the scored periods; a worse model rolled back, with a critical alert."""
+    verdict = evaluate(results, max_energy_loss=max_energy_loss,
                        max_extra_discomfort_kh=max_extra_discomfort_kh)
     rolled_back_to = None
     if verdict.rollback:
@@ -153,11 +175,38 @@ def ab_flow(config: str | None = None, start: datetime | None = None, days: int 
             alert = raise_alert(conn, settings.site.id, "ab", "critical",
                                 f"rolled back to {rolled_back_to}: {verdict.reason}")
         deliver([alert], settings.alerts)
-    get_run_logger().info("A/B for %s: %s", settings.site.id, verdict)
     return {"savings": verdict.savings, "ci": verdict.ci, "discomfort_ml": verdict.discomfort_ml,
             "discomfort_baseline": verdict.discomfort_baseline, "rollback": verdict.rollback,
-            "reason": verdict.reason, "rolled_back_to": rolled_back_to, "washout_h": washout,
+            "reason": verdict.reason, "rolled_back_to": rolled_back_to, "washout_h": washout_h,
             "periods": len(periods)}
+
+
+def site_ab(settings: Settings, start: datetime, days: int, seed: int, max_energy_loss: float,
+            max_extra_discomfort_kh: float, washout_h: float | None = None,
+            switch_hour: int | None = None) -> Steps:
+    """The site's switchback read, scored and judged, submitted; `washout_h` and `switch_hour` default to
+    the site's `[ab]` settings."""
+    washout = settings.ab.washout_h if washout_h is None else washout_h
+    hour = settings.ab.switch_hour if switch_hour is None else switch_hour
+    periods = ab_periods.submit(settings, start, days, seed, hour)
+    scored = score_periods.submit(settings, periods, washout)
+    return [periods, scored,
+            judge_ab.submit(settings, periods, scored, washout, max_energy_loss, max_extra_discomfort_kh)]
+
+
+@flow(name="ab")
+def ab_flow(config: str | None = None, start: datetime | None = None, days: int = 14, seed: int = 0,
+            max_energy_loss: float = 0.02, max_extra_discomfort_kh: float = 0.5,
+            washout_h: float | None = None, switch_hour: int | None = None) -> dict[str, Any]:
+    """Evaluate the switchback from `start`; roll the model back (and raise an alert) if ML is worse.
+    Each period is scored after its washout (`washout_h`, default `[ab] washout_h`); `switch_hour`
+    (default `[ab] switch_hour`) only matters when no schedule was published (see `ab_periods`)."""
+    settings = load_settings(config)
+    start = start or window(days, None)[0]
+    result = outcome(site_ab(settings, start, days, seed, max_energy_loss, max_extra_discomfort_kh, washout_h,
+                             switch_hour))
+    get_run_logger().info("A/B for %s: %s", settings.site.id, result)
+    return result
 
 
 @flow(name="closed-loop")
