@@ -1,14 +1,17 @@
 """Operations flows over `central.alerts` and `central.backups`, for a site or central database:
 `alerts` judges the seed's rules every minute and sends what is new; `backup` dumps the database daily
-and prunes old dumps. `bacpipes flows run alerts|backup` runs one now."""
+and prunes old dumps; `pitr-backup` takes central's pgBackRest backup (full on Sundays, incremental on the
+other days; pgBackRest expires what is past its retention). `bacpipes flows run NAME` runs one now."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
 from bacpipes.settings import Settings, load_settings
+from central import pitr
 from central.alerts import run_alerts
 from central.backups import backup
 
@@ -45,3 +48,19 @@ def backup_flow(config: str | None = None) -> dict[str, Any]:
     get_run_logger().info("backup of %s: %s (%d bytes), %d old dump(s) deleted", settings.site.id,
                           result["path"], result["size"], len(result["deleted"]))
     return result
+
+
+@flow(name="pitr-backup")
+def pitr_backup_flow(config: str | None = None, kind: pitr.BackupKind | None = None) -> dict[str, Any]:
+    """Skipped, with a line in its log, where point-in-time recovery is not set up (`[backups]
+    pitr_pg_data`): the flows serve the same schedule on every central."""
+    settings = load_settings(config)
+    logger = get_run_logger()
+    if settings.backups.pitr_pg_data is None:
+        logger.info("point-in-time recovery is not set up ([backups] pitr_pg_data): nothing to back up")
+        return {"skipped": True}
+    kind = kind or ("full" if datetime.now(UTC).weekday() == 6 else "incr")
+    result = pitr.backup(pitr.stanza_from_settings(settings.backups, settings.database.dsn), kind).as_json()
+    logger.info("pgBackRest %s backup: %s", kind, result)
+    return result
+

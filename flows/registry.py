@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.ml import ab_flow, ab_plan_flow, baseline_flow, train_flow
-from flows.ops import alerts_flow, backup_flow
+from flows.ops import alerts_flow, backup_flow, pitr_backup_flow
 from flows.retention import retention_flow
 
 # each takes a settings file first (the closed-loop experiment takes none: it builds its own buildings)
@@ -18,6 +18,7 @@ FLOWS: dict[str, Any] = {
     "retention": retention_flow,
     "alerts": alerts_flow,
     "backup": backup_flow,
+    "pitr-backup": pitr_backup_flow,
 }
 # flows that take a history window (`--days`)
 WINDOWED = ("baseline", "train", "ab", "ab-plan")
@@ -27,6 +28,7 @@ WINDOWED = ("baseline", "train", "ab", "ab-plan")
 SCHEDULES = {
     "alerts": "* * * * *",
     "backup": "15 0 * * *",
+    "pitr-backup": "30 0 * * *",
     "retention": "5 * * * *",
     "baseline": "30 1 * * *",
     "train": "0 2 * * *",
