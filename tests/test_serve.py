@@ -21,7 +21,8 @@ def test_every_flow_has_its_schedule_and_the_config() -> None:
     crons = {name: d.schedules[0].schedule.cron for name, d in built.items()}
     assert crons == {"bacpipes-retention": "5 * * * *", "bacpipes-baseline": "30 1 * * *",
                      "bacpipes-train": "0 2 * * *", "bacpipes-ab": "30 3 * * *",
-                     "bacpipes-alerts": "* * * * *", "bacpipes-backup": "15 0 * * *"}
+                     "bacpipes-alerts": "* * * * *", "bacpipes-backup": "15 0 * * *",
+                     "bacpipes-pitr-backup": "30 0 * * *"}
     assert all(d.parameters["config"] == "/etc/bacpipes/central.toml" for d in built.values())
     assert built["bacpipes-retention"].parameters["central"] is True
     assert built["bacpipes-alerts"].parameters["central"] is True
