@@ -135,7 +135,11 @@ def named_imports(path: Path, package: str) -> set[str]:
                     names.update(f"{base}.{alias.name}" for alias in child.names)
             visit(child)
 
-    visit(ast.parse(path.read_text(), str(path)))
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except SystemError:  # CPython 3.11's AST recursion-depth check misfired once on CI (a known 3.11 bug,
+        tree = ast.parse(path.read_text(), str(path))  # not this file): the same parse again is exact
+    visit(tree)
     return names
 
 
