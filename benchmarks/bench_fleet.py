@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import threading
@@ -35,7 +34,8 @@ import psycopg
 
 from bacpipes.replication import heartbeat, slug
 from benchmarks.common import cpu_seconds
-from benchmarks.fleet import Fleet, certificate_dir
+from benchmarks.fleet import Fleet, site_name
+from tests.replication_harness import certificate_dir
 
 RATE = 17  # readings per site per second
 SITES_PER_THREAD = 10
@@ -263,8 +263,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up as Ctrl-C does
-    directory = certificate_dir(sizes[-1])
-    fleet = Fleet(directory, sizes[-1], outbox=args.mode == "outbox")
+    with certificate_dir([site_name(i) for i in range(sizes[-1])]) as directory:
+        run(Fleet(directory, sizes[-1], outbox=args.mode == "outbox"), sizes, args)
+
+
+def run(fleet: Fleet, sizes: list[int], args: argparse.Namespace) -> None:
+    """Grow the fleet to each size in turn and measure it there; every cluster removed at the end."""
     load = Load()
     stages: list[Stage] = []
     try:
@@ -288,8 +292,6 @@ def main() -> None:
     finally:
         load.close()
         fleet.close()
-        shutil.rmtree(directory, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

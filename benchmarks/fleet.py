@@ -9,7 +9,6 @@ small (shared_buffers 16MB, max_connections 20); central's replication limits ar
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +35,6 @@ def site_name(i: int) -> str:
     return f"site-{i:03d}"
 
 
-def outbox_role() -> str | None:
-    """The outbox's replication role, once bacpipes.replication has one (issue 19)."""
-    return getattr(rep, "OUTBOX_ROLE", None)
-
-
 def hub_settings(sites: int) -> dict[str, str]:
     """A publisher/subscriber for `sites` sites: one WAL sender, slot, origin and worker each, + syncs."""
     return {
@@ -49,22 +43,6 @@ def hub_settings(sites: int) -> dict[str, str]:
         "max_logical_replication_workers": str(sites + 8), "max_worker_processes": str(sites + 16),
         "wal_sender_timeout": "10s", "wal_receiver_status_interval": "1s",
     }
-
-
-def certificate_dir(sites: int) -> Path:
-    """One CA; a server certificate per cluster and a client certificate per replication role."""
-    directory = Path(tempfile.mkdtemp(prefix="bacpipes-fleet-certs-"))
-    certs.ensure_ca(directory)
-    for name in ("central", "outbox", *(site_name(i) for i in range(sites))):
-        certs.issue_server(directory, name, ["127.0.0.1"])
-    roles = [rep.CENTRAL_ROLE, *(rep.site_role(site_name(i)) for i in range(sites))]
-    if outbox_role():
-        roles.append(outbox_role())
-    for role in roles:
-        certs.issue_client(directory, role)
-    PgCluster.give_to_server_user(directory)
-    certs.chown_for_server(directory)
-    return directory
 
 
 def settings_for(cluster: PgCluster, site_id: str, directory: Path, **extra: dict) -> Settings:
@@ -92,7 +70,7 @@ class Fleet:
 
     def start(self) -> Fleet:
         site_roles = [rep.site_role(site_name(i)) for i in range(self.capacity)]
-        central_users = site_roles + ([outbox_role()] if self.outbox else [])
+        central_users = site_roles + ([rep.OUTBOX_ROLE] if self.outbox else [])
         self.central_cluster = self._cluster("central", hub_settings(self.capacity), central_users)
         self.central_cluster.create_database("bacpipes")
         extra: dict = {}

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -28,14 +28,15 @@ SITES = ("site-a", "site-b")
 
 
 @contextmanager
-def certificate_dir() -> Iterator[Path]:
-    """One CA and every server/client pair, in a directory the postgres server user can read."""
+def certificate_dir(sites: Sequence[str] = SITES) -> Iterator[Path]:
+    """One CA and every server/client pair (central, its outbox, `sites`), in a directory the postgres
+    server user can read."""
     directory = Path(tempfile.mkdtemp(prefix="bacpipes-certs-"))
     try:
         certs.ensure_ca(directory)
-        for name in ("central", "outbox", *SITES):
+        for name in ("central", "outbox", *sites):
             certs.issue_server(directory, name, ["127.0.0.1"])
-        for user in (CENTRAL_ROLE, OUTBOX_ROLE, *(site_role(s) for s in SITES)):
+        for user in (CENTRAL_ROLE, OUTBOX_ROLE, *(site_role(s) for s in sites)):
             certs.issue_client(directory, user)
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
