@@ -266,6 +266,12 @@ def sync_states(conn: psycopg.Connection) -> list[Sync]:
 # --- central init and status -----------------------------------------------------------------------
 
 
+def servers(settings: Settings) -> list[tuple[str, str]]:
+    """Central's database and, when it has one, its outbox's: (name, DSN)."""
+    box = settings.central.outbox_dsn
+    return [("central", settings.database.dsn), *([("outbox", box)] if box else [])]
+
+
 def size_central(settings: Settings, sites: int | None) -> list[str]:
     """`central init`'s capacity step, on central and its outbox: bound their slots, and with `sites` raise
     the four settings for that many sites (never for fewer than are linked); without, only check them for
@@ -277,9 +283,7 @@ def size_central(settings: Settings, sites: int | None) -> list[str]:
         linked = linked_count(c)
     planned = max(sites, linked) if sites is not None else linked + 1
     lines = []
-    for server, dsn in (("central", settings.database.dsn), ("outbox", box)):
-        if dsn is None:
-            continue
+    for server, dsn in servers(settings):
         with connect(dsn, autocommit=True) as conn:
             if conn.execute("SHOW is_superuser").fetchone()[0] != "on":  # type: ignore[index]
                 lines.append(f"{server}: replication settings not checked: ALTER SYSTEM and the files' "

@@ -39,7 +39,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from bacpipes.capacity import refuse_if_full
+from bacpipes.capacity import bound_slots, refuse_if_full
 from bacpipes.certs import client_conninfo
 from bacpipes.db import connect
 from bacpipes.errors import UserError
@@ -274,6 +274,17 @@ def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps) -> None:
     say(f"dropped subscription {name}")
 
 
+def _send_commands(s: psycopg.Connection, o: psycopg.Connection, sender: Settings, site: Settings,
+                   from_central: bool, say: Steps) -> None:
+    """What central sends the site, from `sender` (`o`: central itself when `from_central`, else its
+    outbox): the site's role and publication there, and the site's subscription to it."""
+    site_id = site.site.id
+    _ensure_role(o, site_role(site_id), CENTRAL_TABLES, say)
+    _ensure_publication(o, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES, from_central),
+                        "publish = 'insert'", say)
+    _follow_commands(s, site, sender, say)
+
+
 def _follow_commands(s: psycopg.Connection, site: Settings, sender: Settings, say: Steps) -> None:
     """The site's subscription to what central sends it, from `sender` (central or its outbox).
 
@@ -352,12 +363,7 @@ def link(site: Settings, central: Settings) -> list[str]:
     with _both(site, central) as (s, c), _sender(central, c) as (o, sender):
         _require_logical(s, "the site")
         _require_logical(c, "the central")
-        s.execute(
-            sql.SQL("ALTER SYSTEM SET max_slot_wal_keep_size = {}").format(
-                sql.Literal(site.replication.max_slot_wal_keep_size)
-            )
-        )
-        s.execute("SELECT pg_reload_conf()")
+        bound_slots(s, site.replication.max_slot_wal_keep_size, "site")
         _ensure_role(s, CENTRAL_ROLE, ("sensor_readings", *META_TABLES), say)
         resynced = c.execute("SELECT resynced_from FROM site WHERE site_id = %s", (site_id,)).fetchone()
         # a resync narrowed the readings to those after central's newest: keep that bound
@@ -376,10 +382,7 @@ def link(site: Settings, central: Settings) -> list[str]:
         _ensure_subscription(c, subscription, conninfo_to(site, central, CENTRAL_ROLE),
                              [READINGS_PUBLICATION, META_PUBLICATION], say)
 
-        _ensure_role(o, site_role(site_id), CENTRAL_TABLES, say)
-        _ensure_publication(o, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES, o is c),
-                            "publish = 'insert'", say)
-        _follow_commands(s, site, sender, say)
+        _send_commands(s, o, sender, site, o is c, say)
         if o is not c:  # a link made before central had its outbox: nothing reads this any more
             _drop_publication(c, commands_publication(site_id), say)
     return say.done or ["already linked: nothing to do"]
@@ -451,10 +454,7 @@ def resync(site: Settings, central: Settings) -> list[str]:
         if slot is None or slot[0] == "lost":
             say(f"the site's commands slot was {'lost' if slot else 'missing'}: subscribing afresh")
             _drop_subscription(s, COMMANDS_SUBSCRIPTION, say)
-            _ensure_role(o, site_role(site_id), CENTRAL_TABLES, say)
-            _ensure_publication(o, commands_publication(site_id), own_rows(site_id, CENTRAL_TABLES, o is c),
-                                "publish = 'insert'", say)
-            _follow_commands(s, site, sender, say)
+            _send_commands(s, o, sender, site, o is c, say)
     return say.done
 
 

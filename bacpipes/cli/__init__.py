@@ -344,20 +344,19 @@ def _central_restore(args: argparse.Namespace) -> int:
 
 
 def _central_status(args: argparse.Namespace) -> int:
-    from bacpipes.capacity import room_line, sync_states
+    from bacpipes.capacity import room_line, servers, sync_states
     from bacpipes.db import connect
     from bacpipes.replication import central_status
 
     settings = load_settings(args.config)
-    box = settings.central.outbox_dsn
     with connect(settings.database.dsn) as conn:
         links = central_status(conn)
     syncs = []
-    for server, dsn in (("central", settings.database.dsn), ("outbox", box)):
-        if dsn is not None:  # the outbox's own subscription to central can be stuck too
-            with connect(dsn) as conn:
-                syncs += [s.stuck(settings.replication.lag_alert_s) for s in sync_states(conn)]
-                print(room_line(conn, server, box is not None, len(links)))
+    outbox = settings.central.outbox_dsn is not None
+    for server, dsn in servers(settings):  # the outbox's own subscription to central can be stuck too
+        with connect(dsn) as conn:
+            syncs += [s.stuck(settings.replication.lag_alert_s) for s in sync_states(conn)]
+            print(room_line(conn, server, outbox, len(links)))
     if not links:
         print("no sites linked")
     worst = 1 if any(syncs) else 0
