@@ -279,6 +279,8 @@ def test_a_device_refusing_cov_is_polled_and_says_why(db_dsn, broker, tmp_path):
             write(BASE, "analog-value,1", 22.5)
             setpoint = next(p for p, o in accepted.items() if o == ("analog-value", 1))
             wait_until(lambda: 22.5 in rows(db_dsn, [setpoint])[setpoint], "COV on the other device")
+            # a poll timing out under load marks 1001's subscriptions lost until its next answer renews them
+            wait_until(lambda: agent.covs[1001].health()["active"] == len(accepted), "1001's subscriptions")
             health = {d: c.health() for d, c in agent.covs.items()}
         with psycopg.connect(db_dsn) as conn:
             errors = dict(
