@@ -46,9 +46,10 @@ from bacpipes.errors import UserError
 from bacpipes.settings import Settings
 
 READINGS_PUBLICATION = "bacpipes_readings"
+SITE_USERS = "bacpipes_private.site_users"  # the site's app users, for a rebuild (sql/026_site_users.sql)
 META_PUBLICATION = "bacpipes_meta"
 META_TABLES = ("device", "point", "command_events", "site_heartbeat", "inference_log", "data_source",
-               "readings_hourly", "model_guard_trips", "write_commands")
+               "readings_hourly", "model_guard_trips", "write_commands", SITE_USERS)
 CENTRAL_TABLES = ("write_commands", "model_deployments", "ab_schedule")  # central -> site, per site
 # published both ways: only the rows made where they are published from (sql/021_central_view.sql)
 MADE_HERE = {"write_commands": "arrived = 'local'"}
@@ -121,6 +122,14 @@ ON CONFLICT (site_id) DO UPDATE SET at = EXCLUDED.at, wal_lsn = EXCLUDED.wal_lsn
 """
 
 
+USERS_TO_COPY = f"""
+INSERT INTO {SITE_USERS} AS u (site_id, username, password_hash, role, created_at, disabled_at)
+SELECT %s, username, password_hash, role, created_at, disabled_at FROM app_users
+ON CONFLICT (site_id, username) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role,
+    created_at = EXCLUDED.created_at, disabled_at = EXCLUDED.disabled_at
+"""
+
+
 def heartbeat(conn: psycopg.Connection, site_id: str, agent: dict[str, Any] | None = None) -> None:
     """Tell central (through the replication stream itself) where the site is; the agent calls this
     with its health counters, which the app and the alert rules read on the site and on central."""
@@ -165,14 +174,21 @@ def _require_logical(conn: psycopg.Connection, which: str) -> None:
         raise UserError(f"{which} database has wal_level={level}: set wal_level = logical and restart it")
 
 
+def table(name: str) -> sql.Identifier:
+    """`t` or `schema.t` as an identifier."""
+    return sql.Identifier(*name.split("."))
+
+
 def _ensure_role(conn: psycopg.Connection, role: str, tables: tuple[str, ...], say: Steps) -> None:
     if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role)))
         say(f"created role {role} (login, replication; certificate authentication only)")
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+    for schema in sorted({t.split(".")[0] if "." in t else "public" for t in tables}):
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema),
+                                                                      sql.Identifier(role)))
     conn.execute(
         sql.SQL("GRANT SELECT ON {} TO {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in tables), sql.Identifier(role)
+            sql.SQL(", ").join(table(t) for t in tables), sql.Identifier(role)
         )
     )
 
@@ -188,7 +204,7 @@ def own_rows(site_id: str, tables: tuple[str, ...], made_here: bool = True) -> s
     Central's outbox publishes with `made_here=False`: every row there came from central."""
     return sql.SQL(", ").join(
         sql.SQL("{} WHERE (site_id = {}{})").format(
-            sql.Identifier(t), sql.Literal(site_id),
+            table(t), sql.Literal(site_id),
             sql.SQL(f" AND {MADE_HERE[t]}" if made_here and t in MADE_HERE else ""))
         for t in tables
     )
@@ -259,11 +275,15 @@ def _ensure_subscription(
     say(f"created subscription {name}")
 
 
-def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps) -> None:
-    """Drop it and its slot on the publisher; if the publisher is unreachable, leave the slot behind."""
+def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps, slot_gone: bool = False) -> None:
+    """Drop it and its slot on the publisher; if the publisher is unreachable, leave the slot behind.
+    `slot_gone`: the publisher's database was lost with the slot, nothing to drop there."""
     if not _has(conn, "pg_subscription", "subname", name):
         return
     ident = sql.Identifier(name)
+    if slot_gone:
+        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
     try:
         conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
     except psycopg.OperationalError:
@@ -372,6 +392,7 @@ def link(site: Settings, central: Settings) -> list[str]:
         _ensure_publication(s, META_PUBLICATION, own_rows(site_id, META_TABLES),
                             "publish = 'insert, update, delete'", say)
         heartbeat(s, site_id)
+        s.execute(USERS_TO_COPY, (site_id,))  # those made before the link (sql/026 keeps the copy after)
 
         # both registry columns name the one subscription (central's site guard maps either to the site)
         c.execute(
@@ -456,6 +477,31 @@ def resync(site: Settings, central: Settings) -> list[str]:
             _drop_subscription(s, COMMANDS_SUBSCRIPTION, say)
             _send_commands(s, o, sender, site, o is c, say)
     return say.done
+
+
+def relink_rebuilt(site: Settings, central: Settings) -> list[str]:
+    """Link a site whose database was rebuilt from central (bacpipes.rebuild) in place of the lost one.
+
+    Central's subscription to the lost database goes (its slot went with the disk), and so does the lost
+    site's slot for what central sends it, unless a live subscriber holds it. The readings publication
+    starts after central's newest reading from the site (as a resync's does): the history the rebuild
+    copied here is never sent back."""
+    say = Steps()
+    site_id = site.site.id
+    with connect(central.database.dsn, autocommit=True) as c, _sender(central, c) as (o, _):
+        for name in (site_subscription(site_id), *old_subscriptions(site_id)):
+            _drop_subscription(c, name, say, slot_gone=True)
+        slot = commands_publication(site_id)
+        if o.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+                     (slot,)).fetchone():
+            o.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            say(f"dropped the lost site's slot {slot}")
+        newest = c.execute(
+            "SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)
+        ).fetchone()[0]  # type: ignore[index]
+        c.execute("UPDATE site SET resynced_at = now(), resynced_from = %s WHERE site_id = %s",
+                  (newest, site_id))
+    return say.done + link(site, central)
 
 
 def _backfill(s: psycopg.Connection, c: psycopg.Connection, site_id: str, after: datetime,

@@ -384,6 +384,15 @@ def _site_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site_rebuild(args: argparse.Namespace) -> int:
+    from bacpipes.rebuild import rebuild
+
+    done = rebuild(load_settings(args.site_config), load_settings(args.central_config), args.timeout)
+    for line in done.lines():
+        print(line)
+    return 0
+
+
 def _site_status(args: argparse.Namespace) -> int:
     from bacpipes.db import connect
     from bacpipes.replication import site_slots
@@ -700,6 +709,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--site-config", required=True)
         p.add_argument("--central-config", required=True)
         p.set_defaults(func=_site_link)
+    rebuild = site.add_parser("rebuild", help="a lost site's database again, from what central holds: "
+                              "configuration, users, commands, deployments, history; then linked again")
+    rebuild.add_argument("--from-central", action="store_true", required=True,
+                         help="where from (central, the one source so far: named so a reader knows)")
+    rebuild.add_argument("--site-config", required=True, help="the site's settings; [database] dsn: a new, "
+                         "empty database")
+    rebuild.add_argument("--central-config", required=True)
+    rebuild.add_argument("--timeout", type=float, default=600.0,
+                         help="seconds to wait for central to take the site's tables back in")
+    rebuild.set_defaults(func=_site_rebuild)
     with_config(site.add_parser("status", help="this site's replication slots")).set_defaults(
         func=_site_status
     )
