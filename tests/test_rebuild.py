@@ -9,17 +9,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 import tomli_w
 
 from bacpipes.commands import Command, command_status, grant_remote, insert_command
 from bacpipes.db import connect
+from bacpipes.errors import UserError
 from bacpipes.partitions import create_partition
 from bacpipes.points import update_points
+from bacpipes.rebuild import rebuild
 from bacpipes.replication import CENTRAL_ROLE
-from bacpipes.settings import Settings
+from bacpipes.settings import Settings, load_settings
 from bacpipes.users import add_user, authenticate
 from sim.server import ThreadedBuilding
-from tests.conftest import make_settings
+from tests.conftest import fresh_database, make_settings
 from tests.edge_harness import discover_site, ready_agent
 from tests.replication_harness import (
     Deployment,
@@ -165,3 +168,22 @@ def rebuilt_site(d: Deployment, directory: Path, broker_url: str, tmp_path: Path
     assert rows(dsn, "SELECT status FROM command_events WHERE command_id = %s ORDER BY status",
                 ran) == events_before  # the command that ran before the loss never ran again
     assert rows(central.database.dsn, "SELECT count(*) FROM replication_refusals") == [(0,)]
+
+
+def test_a_rebuild_refuses_a_database_in_use_and_a_site_central_does_not_know(db_dsn, tmp_path: Path) -> None:
+    """Both before anything is written: a rebuild never merges into a live database."""
+    with fresh_database() as central_dsn:
+        with connect(central_dsn) as conn:
+            conn.execute("INSERT INTO device (site_id, device_id, address) VALUES ('site-a', 1, '127.0.0.1')")
+            conn.execute("INSERT INTO point (site_id, device_id, object_type, object_instance)"
+                         " VALUES ('site-a', 1, 'analog-value', 1)")
+            conn.commit()
+        central = load_settings(None, database={"dsn": central_dsn})
+        with pytest.raises(UserError, match=r"no points of site 'site-b'.*central knows site-a"):
+            rebuild(load_settings(None, site={"id": "site-b"}, database={"dsn": db_dsn}), central)
+        with connect(db_dsn) as conn:
+            add_user(conn, "ops", "a long passphrase", "operator")
+        with pytest.raises(UserError, match="already holds app_users: a rebuild fills a new, empty database"):
+            rebuild(load_settings(None, site={"id": "site-a"}, database={"dsn": db_dsn}), central)
+        assert rows(db_dsn, "SELECT count(*) FROM point") == [(0,)]
+        assert rows(central_dsn, "SELECT count(*) FROM point") == [(1,)]
