@@ -275,22 +275,28 @@ def _ensure_subscription(
     say(f"created subscription {name}")
 
 
+def forget_subscription(conn: psycopg.Connection, name: str) -> None:
+    """Drop a subscription without dropping its slot on the publisher: the slot went with the publisher's
+    database (a lost site, a central restored from a backup), or the publisher cannot be reached."""
+    ident = sql.Identifier(name)
+    conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+    conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+    conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+
+
 def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps, slot_gone: bool = False) -> None:
     """Drop it and its slot on the publisher; if the publisher is unreachable, leave the slot behind.
     `slot_gone`: the publisher's database was lost with the slot, nothing to drop there."""
     if not _has(conn, "pg_subscription", "subname", name):
         return
-    ident = sql.Identifier(name)
     if slot_gone:
-        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
-        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
-    try:
-        conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
-    except psycopg.OperationalError:
-        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
-        conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
-        conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
-        say(f"publisher unreachable: its slot {name} must be dropped there")
+        forget_subscription(conn, name)
+    else:
+        try:
+            conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
+        except psycopg.OperationalError:
+            forget_subscription(conn, name)
+            say(f"publisher unreachable: its slot {name} must be dropped there")
     say(f"dropped subscription {name}")
 
 
@@ -432,7 +438,7 @@ def unlink(site: Settings, central: Settings) -> list[str]:
 RESYNC_OVERLAP = timedelta(hours=1)  # how far before central's newest reading the backfill looks
 
 
-def resync(site: Settings, central: Settings) -> list[str]:
+def resync(site: Settings, central: Settings, backfill_from: datetime | None = None) -> list[str]:
     """Reconnect a site whose slots were lost (an outage longer than max_slot_wal_keep_size allowed).
 
     Not a full copy: with T = central's newest reading from the site, the readings publication is
@@ -443,7 +449,8 @@ def resync(site: Settings, central: Settings) -> list[str]:
     central's replica triggers absorb the rows it already holds. A reading older than T that reaches
     the site after the resync is not replicated. The site's own subscription to what central sends is
     made afresh when its slot on central (or the outbox) was lost: it copies again, the site keeps what
-    it has.
+    it has. `backfill_from`: backfill from this time on at least (after central was restored from a
+    backup, its newest reading may be one streamed since, and the rows it lost are older: bacpipes.recovery).
     """
     say = Steps()
     site_id = site.site.id
@@ -466,7 +473,8 @@ def resync(site: Settings, central: Settings) -> list[str]:
         _ensure_subscription(c, subscription, conninfo_to(site, central, CENTRAL_ROLE),
                              [READINGS_PUBLICATION, META_PUBLICATION], say)
         if newest is not None:
-            say(f"backfilled {_backfill(s, c, site_id, newest - RESYNC_OVERLAP, newest)} readings")
+            after = min(newest - RESYNC_OVERLAP, backfill_from or newest)
+            say(f"backfilled {_backfill(s, c, site_id, after, newest)} readings")
         c.execute(
             "UPDATE site SET resynced_at = now(), resynced_from = %s WHERE site_id = %s", (newest, site_id)
         )

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -339,6 +340,33 @@ class BackupSettings(BaseModel):
     pitr_pg_socket: str = "/var/run/postgresql"  # pgBackRest reaches the server on its unix socket only
 
 
+class OffsiteSettings(BaseModel):
+    """Off-site copies (bacpipes.offsite): each backup dump, and central's pgBackRest repository after each
+    of its backups, uploaded to an S3-compatible store as s3://bucket/prefix/<site>/..., checked after
+    upload (size and SHA-256) and pruned after retention_days (never the newest copy).
+
+    Off unless enabled. The credentials come from the environment only, through boto3's usual chain
+    (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or the machine's role), never from this
+    file: an unknown key in [offsite] (a secret key, say) is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    endpoint_url: str | None = None  # e.g. "https://s3.example.com:9000"; None: AWS S3 of the region
+    bucket: str | None = None
+    prefix: str = "bacpipes"  # the folder within the bucket; each site's copies go in <prefix>/<site>/
+    region: str | None = None  # None: boto3's (AWS_DEFAULT_REGION, ~/.aws/config), else us-east-1
+    retention_days: int = Field(30, ge=1)  # copies older than this are deleted (the newest never is)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"  # "path" for most self-hosted stores
+
+    @model_validator(mode="after")
+    def _bucket_when_enabled(self) -> OffsiteSettings:
+        if self.enabled and not self.bucket:
+            raise ValueError("[offsite] enabled needs a bucket")
+        return self
+
+
 class UiSettings(BaseModel):
     """The Streamlit app (`bacpipes ui`): on loopback unless told otherwise; HTTPS with cert_file/key_file
     (or a TLS proxy in front of it)."""
@@ -386,6 +414,7 @@ class Settings(BaseSettings):
     energy: EnergySettings = EnergySettings()
     alerts: AlertSettings = AlertSettings()
     backups: BackupSettings = BackupSettings()
+    offsite: OffsiteSettings = OffsiteSettings()
     ui: UiSettings = UiSettings()
 
     @classmethod

@@ -4,6 +4,8 @@ test controls, and the virtual building on loopback."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from bacpipes.cli import prefect_environment
+from bacpipes.cli.servers import PostgresCluster
 from bacpipes.db import migrate
 from bacpipes.settings import Settings, load_settings
 from tests.brokers import MosquittoBroker
@@ -42,6 +45,16 @@ def fresh_database() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pitr_dir() -> Iterator[Path]:
+    """A folder outside pytest's tmp_path, which the server's user cannot reach when we are root
+    (pgBackRest's repository and configuration, a restored data directory)."""
+    directory = Path(tempfile.mkdtemp(prefix="bacpipes-pitr-"))
+    PostgresCluster.give_to_server_user(directory)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

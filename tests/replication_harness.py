@@ -47,13 +47,20 @@ def certificate_dir(sites: Sequence[str] = SITES) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def tls_cluster(directory: Path, name: str, replication_users: list[str]) -> PgCluster:
-    cluster = PgCluster(settings={
+def tls_settings(directory: Path, name: str) -> dict[str, str]:
+    """A replication node's server settings (also for a cluster restored in its place)."""
+    return {
         "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
         "max_logical_replication_workers": "16", "max_worker_processes": "24",  # 2 per linked site, + syncs
         "wal_sender_timeout": "10s", "wal_receiver_status_interval": "1s",
         **certs.server_settings(directory, name),
-    })
+    }
+
+
+def tls_cluster(directory: Path, name: str, replication_users: list[str],
+                settings: dict[str, str] | None = None) -> PgCluster:
+    """`settings`: more server settings (e.g. central's archiving, `pitr.Stanza.server_settings()`)."""
+    cluster = PgCluster(settings={**tls_settings(directory, name), **(settings or {})})
     cluster.init()
     (cluster.data / "pg_hba.conf").write_text(certs.hba_lines(replication_users))
     return cluster.start()
@@ -73,12 +80,15 @@ def node_settings(cluster: PgCluster, site_id: str, directory: Path, **extra: di
 
 class Deployment:
     """central + sites, each a cluster; sites linked to central. With `outbox`, central sends to its sites
-    from an outbox cluster of its own (`[central] outbox_dsn`)."""
+    from an outbox cluster of its own (`[central] outbox_dsn`). `central_settings`: more server settings for
+    central's cluster (its WAL archiving, for a restore)."""
 
-    def __init__(self, directory: Path, sites: tuple[str, ...], outbox: bool = False) -> None:
+    def __init__(self, directory: Path, sites: tuple[str, ...], outbox: bool = False,
+                 central_settings: dict[str, str] | None = None) -> None:
         self.clusters: list[PgCluster] = []
         site_roles = [site_role(s) for s in sites]
-        self.central_cluster = self._cluster(directory, "central", [*site_roles, OUTBOX_ROLE])
+        self.central_cluster = self._cluster(directory, "central", [*site_roles, OUTBOX_ROLE],
+                                             central_settings)
         central: dict = {}
         self.outbox: Settings | None = None
         if outbox:
@@ -103,8 +113,9 @@ class Deployment:
                     (site_id,),
                 )
 
-    def _cluster(self, directory: Path, name: str, users: list[str]) -> PgCluster:
-        cluster = tls_cluster(directory, name, users)
+    def _cluster(self, directory: Path, name: str, users: list[str],
+                 settings: dict[str, str] | None = None) -> PgCluster:
+        cluster = tls_cluster(directory, name, users, settings)
         self.clusters.append(cluster)
         return cluster
 

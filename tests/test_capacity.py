@@ -32,12 +32,13 @@ SMALL = {"max_logical_replication_workers": 2, "max_worker_processes": 4, "max_r
 class SizedCentral(Deployment):
     """The harness's deployment, but central's replication limits come from its configuration files."""
 
-    def _cluster(self, directory: Path, name: str, users: list[str]) -> PgCluster:
+    def _cluster(self, directory: Path, name: str, users: list[str],
+                 settings: dict[str, str] | None = None) -> PgCluster:
         if name != "central":
-            return super()._cluster(directory, name, users)
+            return super()._cluster(directory, name, users, settings)
         cluster = PgCluster(settings={"wal_level": "logical", "wal_sender_timeout": "10s",
                                       "wal_receiver_status_interval": "1s",
-                                      **certs.server_settings(directory, name)})
+                                      **certs.server_settings(directory, name), **(settings or {})})
         cluster.init()
         (cluster.data / "pg_hba.conf").write_text(certs.hba_lines(users))
         self.clusters.append(cluster.start())

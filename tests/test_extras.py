@@ -55,9 +55,10 @@ class Extra:
 EXTRAS = {
     # the plain install: the shared core, the CLI's parser, the virtual building (`bacpipes sim`)
     # (`bacpipes sim --building energyplus:…` is [energyplus]'s)
+    # (bacpipes.offsite's boto3 comes with [edge] and [central], the roles that upload backups)
     "": Extra(("bacpipes", "sim.server", "sim.backfill"), HEAVY,
-              leave_out=("bacpipes.cli", "sim.energyplus")),
-    "edge": Extra(("edge",), ("sklearn", "skl2onnx", "prefect", "streamlit")),
+              leave_out=("bacpipes.cli", "sim.energyplus", "bacpipes.offsite")),
+    "edge": Extra(("edge", "bacpipes.offsite"), ("sklearn", "skl2onnx", "prefect", "streamlit")),
     "models": Extra(("models", "bacpipes.readings"), ("prefect", "streamlit")),
     # the closed-loop flow's EnergyPlus building (building="energyplus") is [energyplus]'s
     "central": Extra(("central", "flows"), ("streamlit",), leave_out=("sim.energyplus",)),

@@ -4,8 +4,6 @@ table, `bacpipes central restore --to` that time brings back on a fresh cluster 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,16 +16,8 @@ from bacpipes.cli.servers import PostgresCluster, free_port
 from bacpipes.errors import UserError
 from central import pitr
 from flows.ops import pitr_backup_flow
+from tests import runbook
 from tests.pgcluster import PgCluster
-
-
-@pytest.fixture
-def pitr_dir() -> Iterator[Path]:
-    """A folder outside pytest's tmp_path, which the server's user cannot reach when we are root."""
-    directory = Path(tempfile.mkdtemp(prefix="bacpipes-pitr-"))
-    PostgresCluster.give_to_server_user(directory)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -62,7 +52,7 @@ def test_restore_to_a_noted_time_brings_back_exactly_its_rows(
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TABLE readings (id int PRIMARY KEY, value float8)")
         conn.execute("INSERT INTO readings SELECT i, i * 0.5 FROM generate_series(1, 1000) i")
-        assert main(["central", "backup", "--full", "--config", str(config)]) == 0
+        assert main(runbook.command("central backup", {"central.toml": config})) == 0
         conn.execute("INSERT INTO readings SELECT i, i * 0.5 FROM generate_series(1001, 2000) i")
         assert pitr_backup_flow(str(config), "incr")["kind"] == "incr"  # the scheduled flow's way
         conn.execute("INSERT INTO readings SELECT i, i * 0.5 FROM generate_series(2001, 2500) i")
@@ -88,8 +78,9 @@ def test_restore_to_a_noted_time_brings_back_exactly_its_rows(
     restored = pitr_dir / "restored"
     port = free_port()
     try:
-        assert main(["central", "restore", "--to", noted.isoformat(), "--into", str(restored),
-                     "--port", str(port), "--timeout", "120", "--config", str(config)]) == 0
+        restore = runbook.command("central restore", {"TIME": noted.isoformat(), "DIR": restored,
+                                                      "PORT": port, "central.toml": config})
+        assert main([*restore, "--timeout", "120"]) == 0
         dsn = PostgresCluster(restored, port=port).dsn()
         assert count(dsn) == (2500, 1, 2500)  # the table back, every row up to the time, none after
         with psycopg.connect(dsn, autocommit=True) as conn:  # promoted: it takes writes

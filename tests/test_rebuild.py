@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import tomli_w
 
+from bacpipes.cli import main
 from bacpipes.commands import Command, command_status, grant_remote, insert_command
 from bacpipes.db import connect
 from bacpipes.errors import UserError
@@ -22,6 +23,7 @@ from bacpipes.replication import CENTRAL_ROLE
 from bacpipes.settings import Settings, load_settings
 from bacpipes.users import add_user, authenticate
 from sim.server import ThreadedBuilding
+from tests import runbook
 from tests.conftest import fresh_database, make_settings
 from tests.edge_harness import discover_site, ready_agent
 from tests.replication_harness import (
@@ -129,11 +131,10 @@ def rebuilt_site(d: Deployment, directory: Path, broker_url: str, tmp_path: Path
         fresh = node_settings(new_cluster, "site-a", directory)
         fresh = fresh.model_copy(update={"database": fresh.database.model_copy(
             update={"retention_days": KEEP_DAYS})})
-        done = subprocess.run(
-            [sys.executable, "-m", "bacpipes.cli", "site", "rebuild", "--from-central",
-             "--site-config", config_file(tmp_path / "site.toml", fresh),
-             "--central-config", config_file(tmp_path / "central.toml", central)],
-            capture_output=True, text=True, timeout=300)
+        files = {"site.toml": config_file(tmp_path / "site.toml", fresh),
+                 "central.toml": config_file(tmp_path / "central.toml", central)}
+        done = subprocess.run([sys.executable, "-m", "bacpipes.cli", *runbook.command("site rebuild", files)],
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "site rebuilt in" in done.stdout and "unreachable" not in done.stdout
 
@@ -153,8 +154,7 @@ def rebuilt_site(d: Deployment, directory: Path, broker_url: str, tmp_path: Path
 
         # the agent starts on the new database where the old one stopped
         agent = agent.model_copy(update={"database": fresh.database})
-        with connect(dsn) as conn:  # a remote grant is the site's consent: given again, not restored
-            grant_remote(conn, "site-a", timedelta(minutes=10), "operator:on-site")
+        assert main(runbook.command("authority grant", files)) == 0  # the site's consent: given again
         with ready_agent(agent):
             again = central_command(central, setpoint, 23.0)
             wait_until(lambda: completed_on_central(central, again), 30, "a command after the rebuild")

@@ -71,6 +71,50 @@ def _db_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_backup(args: argparse.Namespace) -> int:
+    """What the daily `backup` flow does, for a box without Prefect (a site on bacpipes[edge])."""
+    from bacpipes.offsite import upload_backup
+    from central.backups import backup
+
+    settings = load_settings(args.config)
+    made = backup(settings)
+    print(f"dumped {made.path} ({made.size} bytes); {len(made.deleted)} old dump(s) deleted")
+    if settings.offsite.enabled and not args.no_offsite:
+        done = upload_backup(settings.offsite, settings.site.id, made.path)
+        print(f"off-site copy {done.url} checked (SHA-256 {done.sha256}); {len(done.deleted)} old "
+              "off-site copies deleted")
+    return 0
+
+
+def _offsite(args: argparse.Namespace) -> int:
+    from bacpipes.offsite import Store
+
+    settings = load_settings(args.config)
+    store = Store(settings.offsite, args.site or settings.site.id)
+    if args.offsite_command == "list":
+        copies = store.copies()
+        for copy in copies:
+            print(f"{copy.modified:%Y-%m-%d %H:%M:%S %Z}  {copy.size:>12}  {copy.name}")
+        print(f"{len(copies)} copies in {store.url()}")
+    elif args.offsite_command == "upload":
+        for path in args.files:
+            done = store.upload(Path(path))
+            print(f"{done.url}: {done.size} bytes, checked (SHA-256 {done.sha256})")
+    elif args.pitr:
+        from bacpipes.cli.servers import PostgresCluster
+
+        files = store.fetch_folder(Path(args.into))
+        PostgresCluster.give_to_server_user(Path(args.into))  # pgBackRest reads it as the server's user
+        print(f"{len(files)} files of the pgBackRest repository in {args.into}, checked: set [backups] "
+              "pitr_repo to it for `bacpipes central restore`")
+    else:
+        if not args.name:
+            raise UserError("name the copy to fetch (bacpipes offsite list shows them), or --pitr")
+        path = store.fetch(args.name, Path(args.into))
+        print(f"{path}: checked; restore it with bacpipes db restore --dump {path} --into DSN")
+    return 0
+
+
 def _db_restore(args: argparse.Namespace) -> int:
     from central.backups import restore
 
@@ -317,9 +361,17 @@ def _central_backup(args: argparse.Namespace) -> int:
     from central.pitr import backup, stanza_from_settings
 
     settings = load_settings(args.config)
-    done = backup(stanza_from_settings(settings.backups, settings.database.dsn), args.kind)
+    stanza = stanza_from_settings(settings.backups, settings.database.dsn)
+    done = backup(stanza, args.kind)
     print(f"{done.kind} backup {done.label}: database {done.size} bytes, {done.repo_size} bytes added to the "
           f"repository, {done.started:%Y-%m-%d %H:%M:%S} to {done.stopped:%H:%M:%S} UTC")
+    if settings.offsite.enabled:
+        from bacpipes.offsite import sync_repository
+
+        synced = sync_repository(settings.offsite, settings.site.id, stanza.repo,
+                                 settings.backups.pitr_retention_days)
+        print(f"repository off-site in {synced.url}: {len(synced.uploaded)} files uploaded and checked, "
+              f"{synced.unchanged} already there, {len(synced.deleted)} expired ones deleted")
     return 0
 
 
@@ -341,6 +393,33 @@ def _central_restore(args: argparse.Namespace) -> int:
     print(f"restored to {to.isoformat()} in {cluster.data}, promoted; running on {cluster.url()}"
           f" (log {cluster.log})")
     return 0
+
+
+def _central_recover(args: argparse.Namespace) -> int:
+    """After `central restore`: every linked site resynced (bacpipes/recovery.py); 1 when one failed."""
+    from bacpipes.db import redact_error
+    from bacpipes.recovery import recover
+
+    try:
+        since = datetime.fromisoformat(args.since)
+    except ValueError:
+        raise UserError(f"--since {args.since!r} is not an ISO time, e.g. 2026-11-29T05:20:00+00:00"
+                        ) from None
+    paths = [Path(p) for p in args.site_config]
+    if args.sites_dir:
+        paths += sorted(Path(args.sites_dir).glob("*.toml"))
+    if not paths:
+        raise UserError("give each linked site's config: --site-config FILE (repeated) or --sites-dir DIR")
+    report = recover(load_settings(args.config), [load_settings(p) for p in paths], since, args.timeout)
+    for step in report.central:
+        print(f"central: {step}")
+    for site_id, steps in report.sites.items():
+        for step in steps:
+            print(f"{site_id}: {step}")
+    for site_id, why in report.failed.items():
+        print(f"{site_id}: FAILED: {redact_error(why)} (run again once it is reachable)")
+    print(f"{len(report.sites) - len(report.failed)} of {len(report.sites)} sites recovered")
+    return 1 if report.failed else 0
 
 
 def _central_status(args: argparse.Namespace) -> int:
@@ -554,11 +633,28 @@ def build_parser() -> argparse.ArgumentParser:
     retention = with_config(db.add_parser("retention", help="drop expired daily partitions, create ahead"))
     retention.add_argument("--days", type=int, help="keep this many days (default: database.retention_days)")
     retention.set_defaults(func=_db_retention)
+    db_backup = with_config(db.add_parser(
+        "backup", help="a pg_dump into [backups] dir, old dumps pruned; off-site too when [offsite] is on"))
+    db_backup.add_argument("--no-offsite", action="store_true", help="this once, no off-site copy")
+    db_backup.set_defaults(func=_db_backup)
     restore = with_config(db.add_parser("restore", help="restore a backup dump into a new, empty database"))
     restore.add_argument("--dump", required=True, help="the .dump file (pg_dump -Fc)")
     restore.add_argument("--into", help="target DSN, created if missing, must be empty (default: [database])")
     restore.add_argument("--no-owner", action="store_true", help="for a server without the dump's roles")
     restore.set_defaults(func=_db_restore)
+
+    copies = sub.add_parser("offsite", help="the backups' copies in the S3-compatible store ([offsite])")
+    offsite = copies.add_subparsers(dest="offsite_command", required=True)
+    olist = with_config(offsite.add_parser("list", help="this site's off-site dumps"))
+    oupload = with_config(offsite.add_parser("upload", help="upload dumps (or any file) and check them"))
+    oupload.add_argument("files", nargs="+")
+    ofetch = with_config(offsite.add_parser("fetch", help="download a copy, checked, for a restore"))
+    ofetch.add_argument("name", nargs="?", help="a dump's name, as listed")
+    ofetch.add_argument("--pitr", action="store_true", help="central's pgBackRest repository instead")
+    ofetch.add_argument("--into", required=True, help="a folder (with --pitr: a new or empty one)")
+    for p in (olist, oupload, ofetch):
+        p.add_argument("--site", help="another site's copies (default: [site] id)")
+        p.set_defaults(func=_offsite)
 
     sim = sub.add_parser("sim", help="serve the virtual building over BACnet/IP")
     sim.add_argument("--devices", type=int, default=3)
@@ -692,6 +788,16 @@ def build_parser() -> argparse.ArgumentParser:
     pitr_backup.set_defaults(func=_central_backup, kind="incr")
     pitr_restore = with_config(central.add_parser("restore", help="central as it was at a moment, restored "
                                                                   "from pgBackRest into a new folder"))
+    recover = with_config(central.add_parser(
+        "recover", help="after a restore: every linked site resynced, no gap and no duplicate (re-runnable)"))
+    recover.add_argument("--since", required=True, help="the time central was restored to (its --to), or "
+                         "earlier: each site's readings from then that central lacks are copied")
+    recover.add_argument("--site-config", action="append", default=[], metavar="FILE",
+                         help="a linked site's settings (repeat for each site)")
+    recover.add_argument("--sites-dir", help="a folder of site settings files (*.toml), one per site")
+    recover.add_argument("--timeout", type=float, default=300.0,
+                         help="seconds to wait for each site's subscriptions to be in sync")
+    recover.set_defaults(func=_central_recover)
     pitr_restore.add_argument("--to", required=True, help="the moment, ISO 8601 with a timezone")
     pitr_restore.add_argument("--into", required=True,
                               help="a new folder: the data directory goes in <into>/data")
@@ -784,7 +890,8 @@ def _named_by_user(exc: OSError, args: argparse.Namespace) -> bool:
 
 # what an install without an extra lacks (pyproject.toml's extras): the command says which to add
 EXTRA_FOR = {"prefect": "central", "sklearn": "models", "skl2onnx": "models", "onnx": "edge",
-             "onnxruntime": "edge", "streamlit": "app", "altair": "app", "amqtt": "demo"}
+             "onnxruntime": "edge", "streamlit": "app", "altair": "app", "amqtt": "demo",
+             "boto3": "edge", "botocore": "edge"}  # off-site copies: [edge] on a site, [central] there
 
 
 def main(argv: Sequence[str] | None = None) -> int:
