@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import pwd
 from pathlib import Path
 
 from cryptography import x509
@@ -204,19 +203,6 @@ def issue_server(directory: Path, name: str, hosts: list[str], days: int = 825) 
 def issue_client(directory: Path, user: str, days: int = 825) -> tuple[Path, Path]:
     """Client certificate for database role `user`: PostgreSQL `cert` auth logs in as the CN."""
     return _issue(directory, user, user, ExtendedKeyUsageOID.CLIENT_AUTH, days)
-
-
-def chown_for_server(directory: Path, user: str = "postgres") -> None:
-    """Give the directory and its files to the server's OS user: PostgreSQL refuses a key it does not
-    own (or root-owned and 0640). Only root can chown, so anyone else is left as is."""
-    if os.geteuid() != 0:
-        return
-    pw = pwd.getpwnam(user)
-    directory = Path(directory)
-    os.chown(directory, pw.pw_uid, pw.pw_gid)
-    for path in directory.iterdir():
-        if path.is_file():
-            os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
 # --- PostgreSQL configuration ------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bacpipes.cli.servers import PostgresCluster
 from bacpipes.db import connect
+from bacpipes.pg_binaries import give_to_server_user
 from bacpipes.recovery import recover
 from central import pitr
 from tests.pgcluster import PgCluster
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--no-outbox", action="store_true", help="central sends to its sites itself")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bacpipes-bench-outage-"))
-    PostgresCluster.give_to_server_user(work)
+    give_to_server_user(work)
     try:
         measure(args, work)
     finally:

@@ -22,6 +22,7 @@ import psycopg
 from bacpipes.cli.servers import PostgresCluster
 from bacpipes.db import prepare_database
 from bacpipes.partitions import create_partition
+from bacpipes.pg_binaries import give_to_server_user
 from benchmarks.bench_storage import END, SITE, generate, make_points
 from central import pitr
 from central.backups import dump, restore
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=10)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pitr-"))
-    PostgresCluster.give_to_server_user(work)
+    give_to_server_user(work)
     try:
         measure(args, work)
     finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shlex
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bacpipes.db import connect
 from bacpipes.errors import UserError
-from bacpipes.pg_binaries import SERVER_USER
+from bacpipes.pg_binaries import SERVER_USER, give_to_server_user
 from bacpipes.settings import BackupSettings
 from bacpipes.waiting import poll_until
 
@@ -120,16 +119,10 @@ def _as_server_user() -> bool:
     return os.geteuid() == 0
 
 
-def _give_to_server_user(path: Path) -> None:
-    if _as_server_user():
-        pw = pwd.getpwnam(SERVER_USER)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
 def _private_dir(path: Path) -> None:
     """A 0700 folder of the server's user (the repository holds every row, password hashes included)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _give_to_server_user(path)
+    give_to_server_user(path)
 
 
 def write_config(stanza: Stanza) -> Path:
@@ -138,7 +131,7 @@ def write_config(stanza: Stanza) -> Path:
         _private_dir(folder)
     stanza.config.write_text(stanza.config_text())
     stanza.config.chmod(0o600)
-    _give_to_server_user(stanza.config)
+    give_to_server_user(stanza.config)
     if _as_server_user():
         probe = subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", "-r", str(stanza.config)],
                                capture_output=True)

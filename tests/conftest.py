@@ -21,8 +21,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from bacpipes.cli import prefect_environment
-from bacpipes.cli.servers import PostgresCluster
 from bacpipes.db import migrate
+from bacpipes.pg_binaries import give_to_server_user
 from bacpipes.settings import Settings, load_settings
 from tests.brokers import MosquittoBroker
 
@@ -52,7 +52,7 @@ def pitr_dir() -> Iterator[Path]:
     """A folder outside pytest's tmp_path, which the server's user cannot reach when we are root
     (pgBackRest's repository and configuration, a restored data directory)."""
     directory = Path(tempfile.mkdtemp(prefix="bacpipes-pitr-"))
-    PostgresCluster.give_to_server_user(directory)
+    give_to_server_user(directory)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bacpipes.cli.servers import SERVER_USER, PostgresCluster, find_pg_bin
+from bacpipes.pg_binaries import give_to_server_user
 
 _found = find_pg_bin()
 PG_BIN = Path(os.environ.get("BACPIPES_PG_BIN") or (_found[0] if _found else "/usr/lib/postgresql/15/bin"))
@@ -78,7 +79,7 @@ class PgCluster(PostgresCluster):
                        timeout=120)
         if self.hba is not None:
             (self.data / "pg_hba.conf").write_text(self.hba)
-            self.give_to_server_user(self.data / "pg_hba.conf")
+            give_to_server_user(self.data / "pg_hba.conf")
         return self
 
     def __enter__(self) -> PgCluster:

@@ -3,8 +3,6 @@ certificates, wal_level=logical, linked as `bacpipes site link` links them."""
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
 import tempfile
 import time
@@ -19,6 +17,7 @@ import psycopg
 
 from bacpipes import certs
 from bacpipes.db import connect, prepare_database
+from bacpipes.pg_binaries import give_to_server_user
 from bacpipes.replication import CENTRAL_ROLE, OUTBOX_ROLE, link, site_role
 from bacpipes.settings import Settings, load_settings
 from central.setup import init_central
@@ -38,10 +37,7 @@ def certificate_dir(sites: Sequence[str] = SITES) -> Iterator[Path]:
             certs.issue_server(directory, name, ["127.0.0.1"])
         for user in (CENTRAL_ROLE, OUTBOX_ROLE, *(site_role(s) for s in sites)):
             certs.issue_client(directory, user)
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(directory, pw.pw_uid, pw.pw_gid)
-        certs.chown_for_server(directory)
+        give_to_server_user(directory)
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)

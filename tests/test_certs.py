@@ -15,7 +15,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bacpipes.certs import (
-    chown_for_server,
     client_conninfo,
     ensure_ca,
     hba_lines,
@@ -23,6 +22,7 @@ from bacpipes.certs import (
     issue_server,
     server_settings,
 )
+from bacpipes.pg_binaries import give_to_server_user
 from tests.pgcluster import PgCluster
 
 REPLICATOR = "bacpipes_central"
@@ -128,7 +128,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PgCl
         ensure_ca(certs)
         issue_server(certs, "central", ["127.0.0.1", "localhost"])
         issue_client(certs, REPLICATOR)
-        chown_for_server(certs)
+        give_to_server_user(certs)
         cluster.settings.update(server_settings(certs, "central"))
         cluster.init()
         (cluster.data / "pg_hba.conf").write_text(hba_lines(REPLICATOR))

@@ -101,10 +101,10 @@ def _offsite(args: argparse.Namespace) -> int:
             done = store.upload(Path(path))
             print(f"{done.url}: {done.size} bytes, checked (SHA-256 {done.sha256})")
     elif args.pitr:
-        from bacpipes.cli.servers import PostgresCluster
+        from bacpipes.pg_binaries import give_to_server_user
 
         files = store.fetch_folder(Path(args.into))
-        PostgresCluster.give_to_server_user(Path(args.into))  # pgBackRest reads it as the server's user
+        give_to_server_user(Path(args.into))  # pgBackRest reads it as the server's user
         print(f"{len(files)} files of the pgBackRest repository in {args.into}, checked: set [backups] "
               "pitr_repo to it for `bacpipes central restore`")
     else:

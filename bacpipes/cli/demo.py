@@ -82,6 +82,7 @@ from bacpipes.contracts import reading_filter
 from bacpipes.db import redact_dsn
 from bacpipes.errors import UserError
 from bacpipes.mqtt import connect_async, make_client
+from bacpipes.pg_binaries import give_to_server_user
 from bacpipes.points import update_points
 from bacpipes.progress import Steps
 from bacpipes.settings import Settings, load_settings
@@ -449,7 +450,7 @@ class Demo:
             for user in (CENTRAL_ROLE, site_role(self.site_id)):
                 if not (cert_dir / f"{user}.crt").exists():
                     certs.issue_client(cert_dir, user)
-            certs.chown_for_server(cert_dir)
+            give_to_server_user(cert_dir)
         tls = _supports_ssl(bin_dir)
         self.linked = tls
         if os.geteuid() == 0:
@@ -475,7 +476,7 @@ class Demo:
                 if not fresh and (cluster.data / "pg_hba.conf").read_text() != hba:
                     # a folder from before the processes had their roles: the same policy as a new one
                     (cluster.data / "pg_hba.conf").write_text(hba)
-                    cluster.give_to_server_user(cluster.data / "pg_hba.conf")
+                    give_to_server_user(cluster.data / "pg_hba.conf")
                     if cluster.running:
                         cluster._run("pg_ctl", "-D", str(cluster.data), "reload")
                 if not cluster.running and not port_free(cluster.port):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import pwd
 import shlex
 import shutil
 import signal
@@ -37,7 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from bacpipes.pg_binaries import SERVER_USER, find_pg_bin
+from bacpipes.pg_binaries import SERVER_USER, find_pg_bin, give_to_server_user
 from bacpipes.waiting import poll_until
 
 _SOCKET_MAX = 100  # a unix socket path is limited to 107 bytes; longer folders get no socket
@@ -145,20 +144,9 @@ class PostgresCluster:
         self.as_root = os.geteuid() == 0
         self.root.mkdir(parents=True, exist_ok=True)
         if self.as_root:
-            self.give_to_server_user(self.root)
+            give_to_server_user(self.root)
 
     # -- helpers
-
-    @staticmethod
-    def give_to_server_user(path: Path) -> None:
-        """chown `path` (recursively) to the server user; a no-op unless we are root."""
-        if os.geteuid() != 0:
-            return
-        pw = pwd.getpwnam(SERVER_USER)
-        for current, dirs, files in os.walk(path):
-            os.chown(current, pw.pw_uid, pw.pw_gid)
-            for name in dirs + files:
-                os.chown(os.path.join(current, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
     def _command(self, *args: str) -> list[str]:
         command = [str(self.bin_dir / args[0]), *args[1:]]
@@ -201,7 +189,7 @@ class PostgresCluster:
                   *([] if fsync else ["--no-sync"]))
         if self.hba is not None:
             (self.data / "pg_hba.conf").write_text(self.hba)
-            self.give_to_server_user(self.data / "pg_hba.conf")
+            give_to_server_user(self.data / "pg_hba.conf")
         return self
 
     def _socket_dir(self) -> str:
