@@ -22,6 +22,8 @@ import psycopg
 import pytest
 from streamlit.testing.v1 import AppTest
 
+# the package, bound before AppTest puts streamlit_app/views (with its models.py page) first on sys.path
+import models  # noqa: F401
 from bacpipes import certs
 from bacpipes.cli import main
 from bacpipes.cli.servers import free_port
