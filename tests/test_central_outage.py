@@ -10,6 +10,7 @@ would leave the lost ones out."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ from tests.replication_harness import (
     totals,
     wait_until,
 )
+from tests.test_inference import onnx_model  # noqa: F401  (a fixture)
 
 SITES = ("site-a", "site-b")
 
@@ -143,19 +145,19 @@ def assert_central_has_every_reading_once(d: Deployment) -> None:
 
 
 def test_sites_keep_working_while_central_is_lost_and_recover_without_gap_or_duplicate(
-    broker, pitr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker, pitr_dir: Path, onnx_model: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
     with certificate_dir(SITES) as certs, ThreadedBuilding(devices=1, address_base="127.0.2.10", seed=1,
                                                             speed=0) as building:
         d = Deployment(certs, SITES, outbox=True, central_settings=archiving(pitr_dir))
         try:
-            run_outage(d, certs, building, broker.url, pitr_dir, tmp_path, capsys)
+            run_outage(d, certs, building, broker.url, pitr_dir, onnx_model, tmp_path, capsys)
         finally:
             d.close()
 
 
 def run_outage(d: Deployment, certs: Path, building: ThreadedBuilding, broker_url: str, pitr_dir: Path,
-               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+               model: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     central, a, b = d.central, d.sites["site-a"], d.sites["site-b"]
     stanza = stanza_of(d.central_cluster, pitr_dir)
     with connect(a.database.dsn) as conn:  # site-a's catalog is its building's
@@ -164,7 +166,9 @@ def run_outage(d: Deployment, certs: Path, building: ThreadedBuilding, broker_ur
         conn.commit()
     agent = make_settings(a.database.dsn, broker_url, tmp_path, site={"id": "site-a"},
                           bacnet={"address": "127.0.2.100/8:47970"}, discovery={"targets": ["127.0.2.10"]},
-                          polling={"default_interval_s": 1}, writes={"poll_interval_s": 1})
+                          polling={"default_interval_s": 1}, ml={"enabled": True, "interval_s": 1},
+                          # the model's writes below the operator's (8): the test's own writes stay in force
+                          writes={"poll_interval_s": 1, "ml_priority": 12})
     discover_site(agent)
     with connect(a.database.dsn) as conn:
         setpoint = conn.execute("SELECT point_id FROM point WHERE object_type = 'analog-value'"
@@ -174,6 +178,12 @@ def run_outage(d: Deployment, certs: Path, building: ThreadedBuilding, broker_ur
         linked(d, site_id)
     now = datetime.now(UTC).replace(microsecond=0)
     insert_readings(b.database.dsn, "site-b", now - timedelta(hours=3), 1000)
+    with connect(central.database.dsn) as conn:  # an active model, deployed from central
+        conn.execute("INSERT INTO model_deployments (site_id, name, version, mode, sha256, onnx, created_by)"
+                     " VALUES ('site-a', 'setpoint', '1', 'active', %s, %s, 'central:ops')",
+                     (hashlib.sha256(model).hexdigest(), model))
+        conn.commit()
+    decisions = "SELECT count(*) FROM inference_log WHERE site_id = 'site-a' AND mode = 'active'"
 
     with ready_agent(agent):
         wait_until(lambda: readings(central.database.dsn, "site-a") > 0 and readings(central.database.dsn,
@@ -195,6 +205,8 @@ def run_outage(d: Deployment, certs: Path, building: ThreadedBuilding, broker_ur
         assert wait_outcome(a.database.dsn, local, timeout=30)["status"] == "completed"
         assert building.object_property(1001, "analog-value,1", "presentValue") == 22.0
         wait_until(lambda: readings(a.database.dsn, "site-a") > stored, 30, "site-a storing, central down")
+        decided = one(a.database.dsn, decisions)
+        wait_until(lambda: one(a.database.dsn, decisions) > decided, 30, "the active model, central down")
 
         restore_in_place(d, certs, stanza, restore_point)
         # the outage's readings stream in as soon as it runs; those it lost do not come again by themselves
