@@ -32,6 +32,16 @@ prefect_environment(os.environ)
 ADMIN_DSN = os.environ.get("BACPIPES_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`./dev test -n 3`), a file's tests all run in one worker: they
+    share the file's BACnet addresses (each file has a block of its own, e.g. 127.0.0.40-44 for
+    test_edge) and its module-scoped buildings, which two workers would bind twice (bacpypes3 sets
+    SO_REUSEPORT, so the second bind succeeds and the answers go to either). `-n N` alone means
+    `--dist load`, one test at a time to any worker: made `loadfile` here."""
+    if getattr(config.option, "dist", "no") not in ("no", "loadfile"):
+        config.option.dist = "loadfile"
+
+
 @contextmanager
 def fresh_database() -> Iterator[str]:
     """A fresh, migrated database, dropped afterwards."""

@@ -117,7 +117,9 @@ def side_by_side(test: Callable[..., None]) -> Callable[[Scenario], Scenario]:
     or cluster; only one uses BACnet), so they share nothing but the CPU. The first of these tests to run
     starts every registered scenario whose test is selected in this session, each in a thread, and waits
     for all of them (none goes on beside a later test); each test then asserts on its own scenario's
-    outcome, or fails with its exception. A test selected alone runs its own scenario alone."""
+    outcome, or fails with its exception. A test selected alone runs its own scenario alone, and so does
+    each test under pytest-xdist: a worker cannot know which of the others it will be given (another
+    worker may run them at the same time), and the waits overlap across workers anyway."""
 
     def register(scenario: Scenario) -> Scenario:
         _SCENARIOS[f"{test.__module__}::{test.__name__}"] = scenario
@@ -132,6 +134,8 @@ def outcome(request: pytest.FixtureRequest) -> Any:
     if key not in _OUTCOMES:
         selected = {f"{item.module.__name__}::{item.name}" for item in request.session.items
                     if isinstance(item, pytest.Function)}
+        if hasattr(request.config, "workerinput"):  # an xdist worker: its session lists every worker's tests
+            selected = {key}
         due = [k for k in _SCENARIOS if (k in selected or k == key) and k not in _OUTCOMES]
         factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
         with ThreadPoolExecutor(len(due), thread_name_prefix="scenario") as pool:

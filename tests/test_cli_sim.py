@@ -44,7 +44,9 @@ def test_sim_command_serves_devices_until_sigterm():
 
 
 async def _who_is(addresses: list[str]):
-    client = BacnetClient.open(BacnetSettings(apdu_timeout_ms=1000, apdu_retries=0))
+    # a port of its own on 127.0.0.100: other files' clients run at the same time (xdist)
+    client = BacnetClient.open(BacnetSettings(address="127.0.0.100/8:47945", apdu_timeout_ms=1000,
+                                              apdu_retries=0))
     try:
         return [p for a in addresses for p in await client.who_is(a, 1001, 1002, 1.0)]
     finally:

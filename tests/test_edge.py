@@ -35,6 +35,8 @@ from tests.edge_harness import outcome, running_agent, side_by_side
 
 BASE = "127.0.0.40"
 TARGETS = ["127.0.0.40-127.0.0.44"]
+AGENT = "127.0.0.100/8:47943"  # this file's own port: other files' clients run at the same time (xdist)
+BBMD_PORT = 47814  # the BBMD test's building: a broadcast on 47808 would reach other files' buildings too
 
 
 @contextmanager
@@ -49,7 +51,8 @@ def building(devices: int = 3, points: int = 0, speed: float = 0.0) -> Iterator[
 
 def settings_for(db_dsn: str, url: str, tmp_path: Path, interval: float = 1.0):
     return make_settings(
-        db_dsn, url, tmp_path, discovery={"targets": TARGETS}, polling={"default_interval_s": interval}
+        db_dsn, url, tmp_path, bacnet={"address": AGENT}, discovery={"targets": TARGETS},
+        polling={"default_interval_s": interval},
     )
 
 
@@ -219,7 +222,7 @@ def test_unknown_object_and_refused_write_are_reported_not_fatal(db_dsn, broker,
 
 
 async def _write_to_analog_input() -> str:
-    client = BacnetClient.open(BacnetSettings(apdu_timeout_ms=500, apdu_retries=0))
+    client = BacnetClient.open(BacnetSettings(address=AGENT, apdu_timeout_ms=500, apdu_retries=0))
     try:
         await client.write(BASE, "analog-input,1", "present-value", 12.0)
     except BacnetError as exc:
@@ -307,7 +310,7 @@ def test_agent_killed_with_sigkill_resends_its_spool(db_dsn, broker, tmp_path):
         f'[database]\ndsn = "{db_dsn}"\n[mqtt]\nurl = "{broker.url}"\nclient_id = "edge-kill"\n'
         f"[discovery]\ntargets = {json.dumps(TARGETS)}\ntimeout_s = 1.0\n"
         f'[polling]\ndefault_interval_s = 1\n[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
-        "[bacnet]\napdu_timeout_ms = 500\napdu_retries = 0\n"
+        f'[bacnet]\naddress = "{AGENT}"\napdu_timeout_ms = 500\napdu_retries = 0\n'
     )
     collector = Collector(broker.url, reading_filter(settings.site.id), "check-kill")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -356,9 +359,11 @@ def test_discovery_by_broadcast_through_a_bbmd(db_dsn, tmp_path):
         db_dsn,
         "mqtt://127.0.0.1:1",
         tmp_path,
-        discovery={"targets": ["broadcast"], "bbmd": "127.0.0.69:47808", "low": 1000, "high": 1999},
+        bacnet={"address": AGENT},
+        discovery={"targets": ["broadcast"], "bbmd": f"127.0.0.69:{BBMD_PORT}", "low": 1000, "high": 1999},
     )
-    with ThreadedBuilding(devices=3, address_base="127.0.0.70", seed=1, speed=0, bbmd="127.0.0.69") as b:
+    with ThreadedBuilding(devices=3, address_base="127.0.0.70", port=BBMD_PORT, seed=1, speed=0,
+                          bbmd="127.0.0.69") as b:
         report = run_discovery(settings)
         expected = set(b.snapshot())
     assert report.errors == {}
@@ -373,6 +378,7 @@ def test_batch_per_equipment_and_health_counters(db_dsn, broker, tmp_path):
         db_dsn,
         broker.url,
         tmp_path,
+        bacnet={"address": AGENT},
         discovery={"targets": TARGETS},
         polling={"default_interval_s": 1.0},
         mqtt={"batch_per_equipment": True},

@@ -54,7 +54,9 @@ def building() -> Iterator[ThreadedBuilding]:
 
 
 def site_settings(db_dsn: str, url: str, tmp_path: Path) -> Settings:
-    return make_settings(db_dsn, url, tmp_path, bacnet={"address": AGENT},
+    # test_trendlog's timeouts (2 s, one retry): the 500 ms default timed out on the first device under xdist
+    return make_settings(db_dsn, url, tmp_path,
+                         bacnet={"address": AGENT, "apdu_timeout_ms": 2000, "apdu_retries": 1},
                          discovery={"targets": [f"{BASE}-{LAST}"]},
                          polling={"default_interval_s": 2}, writes={"poll_interval_s": 1})
 

@@ -136,12 +136,16 @@ def named_imports(path: Path, package: str) -> set[str]:
                     names.update(f"{base}.{alias.name}" for alias in child.names)
             visit(child)
 
-    try:
+    with PARSING:
         tree = ast.parse(path.read_text(), str(path))
-    except SystemError:  # CPython 3.11's AST recursion-depth check misfired once on CI (a known 3.11 bug,
-        tree = ast.parse(path.read_text(), str(path))  # not this file): the same parse again is exact
     visit(tree)
     return names
+
+
+# CPython 3.11 keeps ast.parse's recursion depth per interpreter, not per thread: two of the extras' threads
+# parsing at once fail its check ("SystemError: AST constructor recursion depth mismatch", on CI and under
+# xdist's load, where parsing the same file again failed too). One parse at a time.
+PARSING = threading.Lock()
 
 
 def to_import(extra: Extra) -> list[str]:

@@ -47,7 +47,9 @@ def test_oversized_rpm_falls_back_and_shrinks_until_it_fits():
 
 
 async def _poll_legacy_four_times():
-    client = BacnetClient.open(BacnetSettings(apdu_timeout_ms=1000, apdu_retries=0))
+    # a port of its own on 127.0.0.100: other files' clients run at the same time (xdist)
+    client = BacnetClient.open(BacnetSettings(address="127.0.0.100/8:47944", apdu_timeout_ms=1000,
+                                              apdu_retries=0))
     try:
         peer = (await client.who_is("127.0.0.93", LEGACY, LEGACY, 1.0))[0]
         listed = await client.object_list(peer.address, peer.device_id)

@@ -183,8 +183,9 @@ def test_command_on_central_runs_on_its_site_only_and_events_return(deployment: 
         conn.execute("DELETE FROM device")
     agent = make_settings(a.database.dsn, broker.url, tmp_path, site={"id": "site-a"},
                           bacnet={"address": "127.0.0.104/8:47904"},
-                          discovery={"targets": ["127.0.0.150"]}, writes={"poll_interval_s": 1})
-    with ThreadedBuilding(devices=1, address_base="127.0.0.150", seed=1, speed=0) as building:
+                          discovery={"targets": ["127.0.0.130"]}, writes={"poll_interval_s": 1})
+    # 127.0.0.130: this file's own (test_guard's building is on 150-154 at the same time under xdist)
+    with ThreadedBuilding(devices=1, address_base="127.0.0.130", seed=1, speed=0) as building:
         discover_site(agent)
         linked(deployment, "site-a")
         linked(deployment, "site-b")

@@ -23,7 +23,7 @@ from tests.conftest import make_settings
 
 BASE = "127.0.0.50"
 TARGETS = ["127.0.0.50-127.0.0.53"]
-AGENT = "127.0.0.100/8:47951"  # a port of its own: other suites' agents use 47900 at the same time
+AGENT = "127.0.0.100/8:47946"  # a port of its own: other files' clients run at the same time (xdist)
 TZ = ZoneInfo("Asia/Macau")
 
 
