@@ -27,7 +27,7 @@ from psycopg import sql
 from bacpipes.db import connect, prepare_database
 from bacpipes.errors import UserError
 from bacpipes.partitions import create_partition
-from bacpipes.replication import SITE_USERS, relink_rebuilt, table
+from bacpipes.replication import SITE_USERS, in_sync, relink_rebuilt, site_subscription, table
 from bacpipes.settings import Settings
 from bacpipes.waiting import poll_until
 
@@ -79,7 +79,7 @@ def rebuild(site: Settings, central: Settings, sync_timeout_s: float = 600.0,
             done.rows = _copy_back(c, s, site_id, cutoff)
     done.steps = relink_rebuilt(site, central)
     with connect(central.database.dsn, autocommit=True) as c:
-        poll_until(lambda: _synced(c, site_id), sync_timeout_s, interval=0.2,
+        poll_until(lambda: in_sync(c, site_subscription(site_id)), sync_timeout_s, interval=0.2,
                    what=f"central's copy of site {site_id}'s tables")
         c.execute(STATE_FROM_READINGS, (site_id,))  # central's point rows were replaced, and their state
     done.seconds = time.monotonic() - started
@@ -139,12 +139,3 @@ def _copy(c: psycopg.Connection, s: psycopg.Connection, source: str, target: str
             for chunk in reading:
                 writing.write(chunk)
         return cur.rowcount
-
-
-def _synced(c: psycopg.Connection, site_id: str) -> bool:
-    """Every table of central's subscription to the site copied and streaming."""
-    states = [r[0] for r in c.execute(
-        "SELECT r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription p ON p.oid = r.srsubid"
-        " JOIN site ON p.subname IN (site.readings_subscription, site.meta_subscription)"
-        " WHERE site.site_id = %s", (site_id,))]
-    return bool(states) and all(state == "r" for state in states)

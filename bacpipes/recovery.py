@@ -46,6 +46,7 @@ from bacpipes.replication import (
     RESYNC_OVERLAP,
     commands_publication,
     forget_subscription,
+    in_sync,
     link,
     link_outbox,
     linked_sites,
@@ -139,14 +140,10 @@ def _relink(site: Settings, central: Settings) -> list[str]:
 
 
 def _synced(site: Settings, central: Settings) -> bool:
-    """Central's subscription to the site and the site's to central (or its outbox) have copied their
-    tables and stream on (every table in state 'r')."""
-    pending = ("SELECT count(*) FILTER (WHERE r.srsubstate <> 'r') = 0 AND count(*) > 0"
-               " FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = %s")
+    """Central's subscription to the site and the site's to central (or its outbox) in sync."""
     with connect(central.database.dsn, autocommit=True) as c, \
             connect(site.database.dsn, autocommit=True) as s:
-        return bool(c.execute(pending, (site_subscription(site.site.id),)).fetchone()[0]  # type: ignore[index]
-                    and s.execute(pending, (COMMANDS_SUBSCRIPTION,)).fetchone()[0])  # type: ignore[index]
+        return in_sync(c, site_subscription(site.site.id)) and in_sync(s, COMMANDS_SUBSCRIPTION)
 
 
 def recover(central: Settings, sites: list[Settings], since: datetime, timeout: float = 300) -> Recovery:

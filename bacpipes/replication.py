@@ -227,6 +227,14 @@ def readings_table(site_id: str, after: datetime | None = None) -> sql.Composabl
         sql.Literal(site_id), sql.Literal(after))
 
 
+def in_sync(conn: psycopg.Connection, subscription: str) -> bool:
+    """Every table of the subscription copied and streaming (state 'r'); False while it has none yet."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE r.srsubstate <> 'r') = 0 AND count(*) > 0 FROM pg_subscription_rel r"
+        " JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = %s", (subscription,)).fetchone()
+    return bool(row and row[0])
+
+
 def _ensure_publication(
     conn: psycopg.Connection, name: str, tables: sql.Composable, options: str, say: Steps
 ) -> None:
