@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bacpipes.db import connect
-from bacpipes.pg_binaries import give_to_server_user
 from bacpipes.recovery import recover
 from central import pitr
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PgCluster, server_user_folder
 from tests.replication_harness import (
     Deployment,
     certificate_dir,
@@ -117,12 +114,8 @@ def main() -> None:
     parser.add_argument("--outage", type=int, default=100_000, help="readings per site during the outage")
     parser.add_argument("--no-outbox", action="store_true", help="central sends to its sites itself")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bacpipes-bench-outage-"))
-    give_to_server_user(work)
-    try:
+    with server_user_folder("bacpipes-bench-outage-") as work:
         measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

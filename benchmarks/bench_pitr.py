@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,11 +20,10 @@ import psycopg
 from bacpipes.cli.servers import PostgresCluster
 from bacpipes.db import prepare_database
 from bacpipes.partitions import create_partition
-from bacpipes.pg_binaries import give_to_server_user
 from benchmarks.bench_storage import END, SITE, generate, make_points
 from central import pitr
 from central.backups import dump, restore
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PgCluster, server_user_folder
 
 
 def folder_size(path: Path) -> int:
@@ -117,12 +114,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100)
     parser.add_argument("--days", type=int, default=10)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-pitr-"))
-    give_to_server_user(work)
-    try:
+    with server_user_folder("bench-pitr-") as work:
         measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@ test controls, and the virtual building on loopback."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +20,9 @@ from psycopg.conninfo import make_conninfo
 
 from bacpipes.cli import prefect_environment
 from bacpipes.db import migrate
-from bacpipes.pg_binaries import give_to_server_user
 from bacpipes.settings import Settings, load_settings
 from tests.brokers import MosquittoBroker
+from tests.pgcluster import server_user_folder
 
 # the tests' Prefect runs as the CLI's does: never calling home, and time for its temporary server to start
 prefect_environment(os.environ)
@@ -61,10 +59,8 @@ def fresh_database() -> Iterator[str]:
 def pitr_dir() -> Iterator[Path]:
     """A folder outside pytest's tmp_path, which the server's user cannot reach when we are root
     (pgBackRest's repository and configuration, a restored data directory)."""
-    directory = Path(tempfile.mkdtemp(prefix="bacpipes-pitr-"))
-    give_to_server_user(directory)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    with server_user_folder("bacpipes-pitr-") as directory:
+        yield directory
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +37,18 @@ __all__ = ["PG_BIN", "SERVER_USER", "PgCluster"]
 SHM = Path("/dev/shm")
 _template: Path | None = None
 _template_lock = threading.Lock()
+
+
+@contextmanager
+def server_user_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder the server's user owns (pgBackRest's repository, a restored data directory),
+    outside pytest's tmp_path, which that user cannot reach when we are root; removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    give_to_server_user(directory)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _cluster_dir(prefix: str) -> Path:
