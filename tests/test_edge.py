@@ -26,12 +26,11 @@ from bacpipes.points import update_points
 from bacpipes.settings import BacnetSettings
 from bacpipes.waiting import poll_until
 from edge.bacnet import BacnetClient, BacnetError
-from edge.discovery import discover
 from edge.polling import plain_value
 from sim.server import ThreadedBuilding
 from tests.brokers import Collector, MosquittoBroker
 from tests.conftest import fresh_database, make_settings
-from tests.edge_harness import outcome, running_agent, side_by_side
+from tests.edge_harness import discover_site, outcome, running_agent, side_by_side
 
 BASE = "127.0.0.40"
 TARGETS = ["127.0.0.40-127.0.0.44"]
@@ -56,21 +55,6 @@ def settings_for(db_dsn: str, url: str, tmp_path: Path, interval: float = 1.0):
     )
 
 
-def run_discovery(settings):
-    """Discovery with a patient client: under CI load the tests' 500 ms, no-retry timeout (kept for the
-    agent, whose backoff the tests time) has lost whole devices to one dropped answer."""
-    patient = settings.bacnet.model_copy(update={"apdu_timeout_ms": 2000, "apdu_retries": 1})
-
-    async def main():
-        client = BacnetClient.open(patient, settings.discovery.bbmd)
-        try:
-            return await discover(client, settings)
-        finally:
-            client.close()
-
-    return asyncio.run(main())
-
-
 def points_by_id(db_dsn: str) -> dict[int, tuple]:
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute(
@@ -86,7 +70,7 @@ def readings(collector: Collector) -> list[tuple[str, dict, bool]]:
 def test_discovery_finds_every_device_and_point(db_dsn, tmp_path):
     settings = settings_for(db_dsn, "mqtt://127.0.0.1:1", tmp_path)
     with building(devices=4) as b:
-        report = run_discovery(settings)
+        report = discover_site(settings)
         expected = {(d, t, i) for (d, t, i) in b.snapshot()}
     assert sorted(d.peer.device_id for d in report.devices) == [1001, 1002, 1003, 1004]
     assert report.errors == {}
@@ -128,13 +112,13 @@ def test_discovery_finds_every_device_and_point(db_dsn, tmp_path):
 def test_rediscovery_keeps_operator_edits_and_marks_vanished_points(db_dsn, tmp_path):
     settings = settings_for(db_dsn, "mqtt://127.0.0.1:1", tmp_path)
     with building(devices=2, points=40):
-        first = run_discovery(settings)
+        first = discover_site(settings)
     edited = update_points(
         settings, device=1001, object_type="analog-input", publish="off", interval_s=7, tags=["floor=3"]
     )
     assert edited > 0
     with building(devices=2, points=0):
-        second = run_discovery(settings)
+        second = discover_site(settings)
     assert second.new_points == 0
     assert 0 < second.point_count < first.point_count
     with psycopg.connect(db_dsn) as conn:
@@ -175,7 +159,7 @@ def test_intervals_are_kept_and_aligned_to_the_clock(db_dsn, broker, tmp_path):
     settings = settings_for(db_dsn, broker.url, tmp_path, interval=2.0)
     collector = Collector(broker.url, reading_filter(settings.site.id), "check-schedule")
     with building(devices=2):
-        run_discovery(settings)
+        discover_site(settings)
         update_points(settings, device=1001, interval_s=1)
         with running_agent(settings, discover_first=False):
             time.sleep(6.5)
@@ -198,7 +182,7 @@ def test_unknown_object_and_refused_write_are_reported_not_fatal(db_dsn, broker,
     settings = settings_for(db_dsn, broker.url, tmp_path)
     collector = Collector(broker.url, reading_filter(settings.site.id), "check-errors")
     with building(devices=2):
-        run_discovery(settings)
+        discover_site(settings)
         with psycopg.connect(db_dsn) as conn:
             bogus = conn.execute(
                 "INSERT INTO point (site_id, device_id, object_type, object_instance, object_name)"
@@ -240,7 +224,7 @@ def test_a_dead_device_leaves_the_others_on_schedule(db_dsn, broker, tmp_path):
     settings = settings_for(db_dsn, broker.url, tmp_path)
     collector = Collector(broker.url, reading_filter(settings.site.id), "check-dead")
     with building(devices=3) as b:
-        assert run_discovery(settings).errors == {}
+        assert discover_site(settings).errors == {}
         with running_agent(settings, discover_first=False) as agent:
             time.sleep(2.2)
             b.stop_device(1002)
@@ -284,7 +268,7 @@ def broker_down_under_the_agent(tmp_path: Path) -> dict[str, int]:
         collector = Collector(broker.url, reading_filter(settings.site.id), "check-outage")
         try:
             with building(devices=2) as b:
-                run_discovery(settings)
+                discover_site(settings)
                 served_before = sum(b.served_reads().values())
                 with running_agent(settings, discover_first=False) as agent:
                     # back within 2 s of the broker's return (production backs off to 10 s): this test is
@@ -320,7 +304,7 @@ def test_agent_killed_with_sigkill_resends_its_spool(db_dsn, broker, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "bacpipes.cli", "edge", "run", "--config", str(config)]
     with building(devices=2):
-        run_discovery(settings)
+        discover_site(settings)
         broker.stop()
         agent = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
 
@@ -368,7 +352,7 @@ def test_discovery_by_broadcast_through_a_bbmd(db_dsn, tmp_path):
     )
     with ThreadedBuilding(devices=3, address_base="127.0.0.70", port=BBMD_PORT, seed=1, speed=0,
                           bbmd="127.0.0.69") as b:
-        report = run_discovery(settings)
+        report = discover_site(settings)
         expected = set(b.snapshot())
     assert report.errors == {}
     assert sorted(d.peer.device_id for d in report.devices) == [1001, 1002, 1003]
