@@ -24,6 +24,9 @@ from sim.server import ThreadedBuilding, _run
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, running_agent
 
+# alone (pyproject): COV subscriptions renewed within their lifetimes, 500 ms timeouts
+pytestmark = pytest.mark.alone
+
 BASE = "127.0.0.46"
 TARGETS = ["127.0.0.46-127.0.0.47"]
 AGENT = "127.0.0.100/8:47941"  # not 47808: bacpypes3 would loop unicasts to itself (DESIGN.md)

@@ -29,6 +29,9 @@ from sim.server import ThreadedBuilding
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, ready_agent, wait_outcome
 
+# alone (pyproject): a write lands within the building's next steps at 500 ms timeouts
+pytestmark = pytest.mark.alone
+
 pytest.importorskip("pyenergyplus")
 
 BASE = "127.0.0.180"  # this file's own: five controllers, 180-184

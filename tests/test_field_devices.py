@@ -24,6 +24,9 @@ from tests.bacpy_peer import BacpyPeer, misattributed
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, running_agent, wait_outcome
 
+# alone (pyproject): late answers and replays within windows of a second
+pytestmark = pytest.mark.alone
+
 AGENT = "127.0.0.100/8:47920"
 READER = "127.0.0.101/8:47921"  # a second client, to look at a device while the agent runs
 

@@ -378,6 +378,7 @@ def ml_slots(targets: list[tuple[str, int]]) -> list[float | None]:
     return asyncio.run(main())
 
 
+@pytest.mark.alone  # the building at speed: the guard's minutes are building minutes polled in time
 def test_a_bad_model_on_the_energyplus_building_is_released_within_minutes(
     building: ThreadedBuilding, db_dsn: str, broker, tmp_path: Path
 ) -> None:
