@@ -45,12 +45,13 @@ from bacpipes.replication import (
     READINGS_PUBLICATION,
     RESYNC_OVERLAP,
     commands_publication,
+    drop_site_slots,
+    exists,
     forget_subscription,
     in_sync,
     link,
     link_outbox,
     linked_sites,
-    old_subscriptions,
     outbox,
     resync,
     site_subscription,
@@ -70,12 +71,11 @@ class Recovery:
 
 
 def _has_slot(conn: psycopg.Connection, name: str) -> bool:
-    query = "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s"
-    return conn.execute(query, (name,)).fetchone() is not None
+    return exists(conn, "pg_replication_slots", "slot_name", name)
 
 
 def _has_subscription(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone() is not None
+    return exists(conn, "pg_subscription", "subname", name)
 
 
 def recover_outbox(central: Settings) -> list[str]:
@@ -125,17 +125,13 @@ def _relink(site: Settings, central: Settings) -> list[str]:
     """A site linked after the restore point: central has nothing of it, so the link is made afresh
     (a full copy). Refused for a database that was never linked: recovering does not link new sites."""
     with connect(site.database.dsn, autocommit=True) as s:
-        was_linked = s.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
-                               (READINGS_PUBLICATION,)).fetchone()
+        was_linked = exists(s, "pg_publication", "pubname", READINGS_PUBLICATION)
     if not was_linked:
         raise UserError(f"site {site.site.id} is not linked to central: `bacpipes site link` it")
     done = ["linked after the restore point: linked afresh", *_forget_lost_commands_slot(site, central),
             *unlink(site, central)]
     with connect(site.database.dsn, autocommit=True) as s:  # central's slot here: no subscription drops it
-        for name in (site_subscription(site.site.id), *old_subscriptions(site.site.id)):
-            if _has_slot(s, name):
-                s.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-                done.append(f"dropped the site's slot {name}")
+        done += drop_site_slots(s, site.site.id)
     return done + link(site, central)
 
 

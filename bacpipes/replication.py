@@ -193,9 +193,21 @@ def _ensure_role(conn: psycopg.Connection, role: str, tables: tuple[str, ...], s
     )
 
 
-def _has(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool:
+def exists(conn: psycopg.Connection, catalog: str, column: str, name: str) -> bool:
+    """Whether the catalog `catalog` has a row named `name` (a publication, subscription, slot, role)."""
     query = sql.SQL("SELECT 1 FROM {} WHERE {} = %s").format(sql.Identifier(catalog), sql.Identifier(column))
     return conn.execute(query, (name,)).fetchone() is not None
+
+
+def drop_site_slots(conn: psycopg.Connection, site_id: str) -> list[str]:
+    """Central's slots on the site, dropped: a subscription dropped while its publisher was unreachable
+    (or lost with central) leaves its slot behind, pinning the site's WAL."""
+    done = []
+    for name in (site_subscription(site_id), *old_subscriptions(site_id)):
+        if exists(conn, "pg_replication_slots", "slot_name", name):
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+            done.append(f"dropped the site's slot {name}")
+    return done
 
 
 def own_rows(site_id: str, tables: tuple[str, ...], made_here: bool = True) -> sql.Composable:
@@ -242,7 +254,7 @@ def _ensure_publication(
 
     A publication made before row filters carried every row of its tables, whatever their site_id."""
     ident = sql.Identifier(name)
-    if not _has(conn, "pg_publication", "pubname", name):
+    if not exists(conn, "pg_publication", "pubname", name):
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE ").format(ident) + tables
                      + sql.SQL(f" WITH ({options})"))
         say(f"created publication {name}")
@@ -256,7 +268,7 @@ def _ensure_publication(
 
 
 def _drop_publication(conn: psycopg.Connection, name: str, say: Steps) -> None:
-    if _has(conn, "pg_publication", "pubname", name):
+    if exists(conn, "pg_publication", "pubname", name):
         conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
         say(f"dropped publication {name}")
 
@@ -267,7 +279,7 @@ def _ensure_subscription(
 ) -> None:
     """`slot`: the slot's name on the publisher, which must be unique there (default: `name`);
     `options`: more of CREATE SUBSCRIPTION's WITH options."""
-    if _has(conn, "pg_subscription", "subname", name):
+    if exists(conn, "pg_subscription", "subname", name):
         # new tables in the publication (a link made by an older version) start replicating; existing
         # ones are not copied again
         conn.execute(sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)").format(
@@ -295,7 +307,7 @@ def forget_subscription(conn: psycopg.Connection, name: str) -> None:
 def _drop_subscription(conn: psycopg.Connection, name: str, say: Steps, slot_gone: bool = False) -> None:
     """Drop it and its slot on the publisher; if the publisher is unreachable, leave the slot behind.
     `slot_gone`: the publisher's database was lost with the slot, nothing to drop there."""
-    if not _has(conn, "pg_subscription", "subname", name):
+    if not exists(conn, "pg_subscription", "subname", name):
         return
     if slot_gone:
         forget_subscription(conn, name)
@@ -392,7 +404,7 @@ def link(site: Settings, central: Settings) -> list[str]:
     subscription = site_subscription(site_id)
     with connect(central.database.dsn, autocommit=True) as c, _sender(central, c) as (o, _):
         refuse_if_full(c, None if o is c else o, site_id)  # before anything is made on either side
-        two = any(_has(c, "pg_subscription", "subname", name) for name in old_subscriptions(site_id))
+        two = any(exists(c, "pg_subscription", "subname", name) for name in old_subscriptions(site_id))
     say = Steps(resync(site, central) if two else [])
     with _both(site, central) as (s, c), _sender(central, c) as (o, sender):
         _require_logical(s, "the site")
@@ -435,7 +447,7 @@ def unlink(site: Settings, central: Settings) -> list[str]:
                            (s, READINGS_PUBLICATION), (s, META_PUBLICATION)):
             _drop_publication(conn, name, say)
         for conn, role in ((o, site_role(site_id)), (c, site_role(site_id)), (s, CENTRAL_ROLE)):
-            if _has(conn, "pg_roles", "rolname", role):
+            if exists(conn, "pg_roles", "rolname", role):
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
                 say(f"dropped role {role}")
@@ -466,9 +478,7 @@ def resync(site: Settings, central: Settings, backfill_from: datetime | None = N
     with _both(site, central) as (s, c), _sender(central, c) as (o, sender):
         for name in (subscription, *old_subscriptions(site_id)):
             _drop_subscription(c, name, say)
-            if _has(s, "pg_replication_slots", "slot_name", name):
-                s.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-                say(f"dropped the site's slot {name}")
+        say.done += drop_site_slots(s, site_id)
         newest = c.execute(
             "SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)
         ).fetchone()[0]  # type: ignore[index]
