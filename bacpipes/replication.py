@@ -479,9 +479,7 @@ def resync(site: Settings, central: Settings, backfill_from: datetime | None = N
         for name in (subscription, *old_subscriptions(site_id)):
             _drop_subscription(c, name, say)
         say.done += drop_site_slots(s, site_id)
-        newest = c.execute(
-            "SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)
-        ).fetchone()[0]  # type: ignore[index]
+        newest = _newest_reading(c, site_id)
         s.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE ").format(sql.Identifier(READINGS_PUBLICATION))
                   + readings_table(site_id, newest))
         if newest is not None:
@@ -522,12 +520,16 @@ def relink_rebuilt(site: Settings, central: Settings) -> list[str]:
                      (slot,)).fetchone():
             o.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             say(f"dropped the lost site's slot {slot}")
-        newest = c.execute(
-            "SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)
-        ).fetchone()[0]  # type: ignore[index]
+        newest = _newest_reading(c, site_id)
         c.execute("UPDATE site SET resynced_at = now(), resynced_from = %s WHERE site_id = %s",
                   (newest, site_id))
     return say.done + link(site, central)
+
+
+def _newest_reading(c: psycopg.Connection, site_id: str) -> datetime | None:
+    """Central's newest reading of the site: where a resynced or rebuilt site's publication starts."""
+    row = c.execute("SELECT max(time) FROM sensor_readings WHERE site_id = %s", (site_id,)).fetchone()
+    return row[0]  # type: ignore[index]
 
 
 def _backfill(s: psycopg.Connection, c: psycopg.Connection, site_id: str, after: datetime,
