@@ -12,14 +12,15 @@ from pathlib import Path
 SERVER_USER = "postgres"  # who runs the server binaries when we are root (initdb and pg_ctl refuse root)
 
 
-def give_to_server_user(path: Path) -> None:
-    """`path`, and all it holds, to the server's user: the server refuses a key it does not own, and it and
-    pgBackRest run as that user when we are root. Only root can chown: anyone else is left as is."""
+def give_to_server_user(path: Path, recursive: bool = True) -> None:
+    """`path`, and all it holds unless not `recursive`, to the server's user: the server refuses a key it
+    does not own, and it and pgBackRest run as that user when we are root. Only root can chown: anyone
+    else is left as is."""
     if os.geteuid() != 0:
         return
     pw = pwd.getpwnam(SERVER_USER)
     os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
-    for current, dirs, files in os.walk(path):
+    for current, dirs, files in os.walk(path) if recursive else ():
         for name in dirs + files:
             os.chown(os.path.join(current, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 

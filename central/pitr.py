@@ -120,9 +120,10 @@ def _as_server_user() -> bool:
 
 
 def _private_dir(path: Path) -> None:
-    """A 0700 folder of the server's user (the repository holds every row, password hashes included)."""
+    """A 0700 folder of the server's user (the repository holds every row, password hashes included).
+    Not what it holds: pgBackRest writes that as the server's user, and a repository holds thousands."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    give_to_server_user(path)
+    give_to_server_user(path, recursive=False)
 
 
 def write_config(stanza: Stanza) -> Path:
