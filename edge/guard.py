@@ -45,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from bacpipes.alerts import deliver, raise_alert
+from bacpipes.alerts import deliver, raise_alert, resolve_alert
 from bacpipes.commands import Command, insert_command
 from bacpipes.db import connect
 from bacpipes.settings import Settings
@@ -159,13 +159,17 @@ class EdgeGuard:
         on_clock = self._on_clock(now)
         with connect(s.database.dsn) as conn:
             deployment = latest_deployment(conn, s.site.id, s.ml.model)
-            if deployment is None or deployment.mode != "active":
+            if deployment is None:
                 return None
             priority = s.writes.ml_priority
             if stood_down(conn, s.site.id, deployment.id):
-                # a round of inference under way at the trip may have written after it: give that back too
-                self._release(conn, held_setpoints(conn, s.site.id, priority, deployment.created_at),
-                              "edge guard: stood down")
+                if deployment.mode == "active":
+                    # a round of inference under way at the trip may have written after it: give that back
+                    self._release(conn, held_setpoints(conn, s.site.id, priority, deployment.created_at),
+                                  "edge guard: stood down")
+                return None
+            self._resolve_trips(conn)
+            if deployment.mode != "active":
                 return None
             held = held_setpoints(conn, s.site.id, priority, deployment.created_at, on_clock)
             if not held:
@@ -267,6 +271,19 @@ class EdgeGuard:
         released = self._release(conn, held, f"edge guard: {breach.rule}")
         deliver([alert], s.alerts)  # after the release: a slow webhook must not delay it
         return Trip(deployment, breach, released)
+
+    def _resolve_trips(self, conn: psycopg.Connection) -> None:
+        """A deployment the guard has not stood down replaced the one it did: the trip's alert is over,
+        and PagerDuty keeps an incident open until told so."""
+        site = self.settings.site.id
+        open_ids = [r[0] for r in conn.execute("SELECT id FROM alerts WHERE site_id = %s AND source = %s"
+                                                " AND resolved_at IS NULL", (site, CREATED_BY))]
+        resolved = [a for i in open_ids if (a := resolve_alert(conn, i)) is not None]
+        conn.commit()
+        if resolved:
+            log.info("edge guard: %d trip alert(s) resolved, a new deployment of %s is armed", len(resolved),
+                     self.settings.ml.model)
+            deliver([], self.settings.alerts, resolved=resolved)
 
     def _release(self, conn: psycopg.Connection, held: Iterable[int], reason: str) -> list[int]:
         s = self.settings

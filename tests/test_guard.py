@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from onnx import TensorProto, helper
+from pydantic import SecretStr
 
 from bacpipes.commands import grant_remote
 from bacpipes.settings import BacnetSettings, Settings, load_settings
@@ -33,6 +34,7 @@ from models.features import FEATURES, TARGETS
 from sim.server import ThreadedBuilding
 from tests.conftest import fresh_database, make_settings
 from tests.edge_harness import discover_site, ready_agent
+from tests.test_alert_channels import ROUTING_KEY, Service, pagerduty  # noqa: F401  (a fixture)
 from tests.test_alerts import WebhookSink
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -266,8 +268,14 @@ def test_a_healthy_model_is_left_alone_and_shadow_is_not_watched(site) -> None:
     assert rows(conn, "SELECT count(*) FROM model_guard_trips") == [(0,)]
 
 
-def test_inference_stands_down_for_a_tripped_deployment_and_a_new_one_rearms(site) -> None:
+def test_inference_stands_down_for_a_tripped_deployment_and_a_new_one_rearms(
+    site, pagerduty: Service  # noqa: F811
+) -> None:
+    """And the trip's incident: triggered on PagerDuty at the trip, resolved (same key) once a new
+    deployment is armed, as an operator carrying it expects."""
     settings, conn = site
+    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={
+        "pagerduty_routing_key": SecretStr(ROUTING_KEY), "pagerduty_url": pagerduty.url})})
     model = bad_model()
     load(model, hashlib.sha256(model).hexdigest())  # what the edge would accept
     conn.execute("DELETE FROM sensor_readings WHERE point_id = %s", (OCC,))
@@ -286,10 +294,19 @@ def test_inference_stands_down_for_a_tripped_deployment_and_a_new_one_rearms(sit
     assert decision.command_id is None
     assert rows(conn, "SELECT count(*) FROM write_commands WHERE command_type = 'write_value'"
                 " AND source = 'ml' AND created_by LIKE 'ml:%%'") == [(1,)]
+    assert guard.check(later + timedelta(minutes=20)) is None  # stood down: the incident stays open
+    assert [r.json()["event_action"] for r in pagerduty.requests] == ["trigger"]
     second = deploy(conn, SITE, model, "bad-1")  # a newer row: the guard is armed again
     assert not stood_down(conn, SITE, second)
     [decision] = inference.step(NOW + timedelta(minutes=2))
     assert decision.command_id is not None
+    assert guard.check(NOW + timedelta(minutes=2)) is None
+    trigger, resolve = (r.json() for r in pagerduty.requests)
+    assert resolve["event_action"] == "resolve" and resolve["dedup_key"] == trigger["dedup_key"]
+    assert rows(conn, "SELECT count(*) FROM alerts WHERE source = 'edge-guard'"
+                " AND resolved_at IS NULL") == [(0,)]
+    guard.check(NOW + timedelta(minutes=3))
+    assert len(pagerduty.requests) == 2  # resolved once
 
 
 # --- central's side ---------------------------------------------------------------------------------
