@@ -64,3 +64,10 @@ def logged_in(browser: Browser, url: str, name: str, password: str, width: int =
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_text("Logged in as")).to_be_visible(timeout=20_000)
     return page
+
+
+def settled(page: Page, timeout_ms: int = 30_000) -> None:
+    """Until Streamlit's run of the page has ended: a run redraws the page, and what is clicked while it
+    draws can be replaced under the click (an open selectbox list closes, and its option is gone)."""
+    expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning",
+                                                           timeout=timeout_ms)

@@ -41,7 +41,7 @@ from bacpipes.tagging import auto_tags, describe
 from bacpipes.users import add_user
 from central.alerts import run_alerts
 from streamlit_app import health  # also loads the `models` package before a page's folder is on sys.path
-from tests.browser import chromium, logged_in, serve_ui
+from tests.browser import chromium, logged_in, serve_ui, settled
 from tests.conftest import fresh_database
 from tests.test_alerts import WebhookSink
 from tests.test_app import page
@@ -378,6 +378,7 @@ def test_an_operator_acknowledges_one_alarm_and_shelves_another_in_the_browser(a
         expect(page.get_by_role("heading", name="Alarms")).to_be_visible(timeout=20_000)
 
         def act(alarm: str, comment: str, button: str) -> None:
+            settled(page)  # the last action's redraw done: it closed this list under the click on a busy CI
             page.get_by_label("Alarm", exact=True).click()
             page.get_by_role("option", name=re.compile(re.escape(alarm))).click()
             page.get_by_label("Comment", exact=True).fill(comment)

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from bacpipes.users import add_user
 from edge.writes import slot_value
 from sim.server import ThreadedBuilding
-from tests.browser import chromium, logged_in, serve_ui
+from tests.browser import chromium, logged_in, serve_ui, settled
 from tests.conftest import make_settings
 from tests.edge_harness import discover_site, ready_agent
 
@@ -63,6 +63,7 @@ def test_an_operator_sees_live_values_and_writes_a_setpoint_in_the_browser(db_ds
             page.screenshot(path=shots / "live.png", full_page=True)
 
             page.get_by_role("link", name="Commands").click()
+            settled(page)
             page.get_by_label("Point").click()
             page.keyboard.type(label)
             page.keyboard.press("Enter")

@@ -20,7 +20,7 @@ from playwright.sync_api import Page, expect
 from bacpipes.settings import load_settings
 from bacpipes.users import add_user
 from sim.backfill import backfill
-from tests.browser import chromium, serve_ui
+from tests.browser import chromium, serve_ui, settled
 from tests.conftest import fresh_database
 
 SITE_ZONE = ZoneInfo("Asia/Macau")
@@ -83,10 +83,12 @@ def test_a_shared_trend_link_shows_an_axis_per_unit_in_the_sites_hours_and_sets_
             in page.url
 
         # save the view, change it, load it back
+        settled(page)
         page.get_by_text("Saved trend sets").click()
         page.get_by_label("Save this view as").fill("AHU1 comfort and power")
         page.get_by_role("button", name="Save", exact=True).click()
         expect(page.get_by_text("Saved 'AHU1 comfort and power'")).to_be_visible(timeout=20_000)
+        settled(page)
         page.get_by_text("Last 7 days").click()
         page.wait_for_url("**range=7d**", timeout=20_000)
         page.get_by_role("button", name="Load", exact=True).click()
