@@ -31,7 +31,7 @@ ADMIN_DSN = os.environ.get("BACPIPES_TEST_ADMIN_DSN", "postgresql://postgres@127
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`./dev test` runs three workers), a file's tests all run in one worker: they
+    """Under pytest-xdist (`./dev test -n 3`), a file's tests all run in one worker: they
     share the file's BACnet addresses (each file has a block of its own, e.g. 127.0.0.40-44 for
     test_edge) and its module-scoped buildings, which two workers would bind twice (bacpypes3 sets
     SO_REUSEPORT, so the second bind succeeds and the answers go to either). `-n N` alone means
