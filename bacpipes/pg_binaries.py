@@ -20,7 +20,9 @@ def give_to_server_user(path: Path, recursive: bool = True) -> None:
         return
     pw = pwd.getpwnam(SERVER_USER)
     os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
-    for current, dirs, files in os.walk(path) if recursive else ():
+    if not recursive:
+        return
+    for current, dirs, files in os.walk(path):
         for name in dirs + files:
             os.chown(os.path.join(current, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
